@@ -8,6 +8,20 @@ Rendering goes line by line through a `Conversation` stored in SQLite, so each l
 so far, and a stopped render picks up where it left off.
 """
 
+from .mix import Chapter, chapters_path_for
+from .render import RenderResult, line_seed, render
 from .script import Line, Script, ScriptError, Speaker, load_script, parse_script
 
-__all__ = ["Line", "Script", "ScriptError", "Speaker", "load_script", "parse_script"]
+__all__ = [
+    "Chapter",
+    "Line",
+    "RenderResult",
+    "Script",
+    "ScriptError",
+    "Speaker",
+    "chapters_path_for",
+    "line_seed",
+    "load_script",
+    "parse_script",
+    "render",
+]

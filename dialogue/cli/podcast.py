@@ -1,0 +1,66 @@
+"""`csm podcast show.yaml -o show.wav`: validate a YAML script, render it (resumably), write the WAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("podcast")
+@click.argument("script", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="The WAV to write (default: the script's name with .wav). Chapters go beside it.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite file holding the rendered lines (default: beside the output, show.db).")
+@click.option("--session", help="Session name in the database (default: the output's name).")
+@click.option("--model", default="sesame/csm-1b", show_default=True,
+              help="Model: a Hugging Face id, a local folder, or tiny-random.")
+@click.option("--restart", is_flag=True, help="Forget what was rendered before and render every line.")
+@click.option("--check", is_flag=True, help="Only validate the script; load no model, generate nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def podcast(script: Path, output: Path | None, db: Path | None, session: str | None, model: str,
+            restart: bool, check: bool, quiet: bool) -> None:
+    """Render the two-speaker show in SCRIPT (YAML) into one WAV.
+
+    The whole script is checked first; every problem is listed with its line and nothing is
+    generated. Lines are rendered one by one into a conversation stored in SQLite, so if the run
+    stops, the same command continues from the first line not yet rendered; an edited line is
+    rendered again together with the lines after it.
+    """
+    from engine.errors import CSMError
+    from dialogue.podcast import load_script, render
+
+    try:
+        parsed = load_script(script)
+    except CSMError as error:
+        raise click.ClickException(str(error)) from None
+    if check:
+        click.echo(f"{script}: OK - '{parsed.title}', {len(parsed.speakers)} speakers, {len(parsed.lines)} lines")
+        return
+
+    output = output or script.with_suffix(".wav")
+    done: list[int] = []
+    try:
+        from engine import load_model
+
+        result = render(parsed, load_model(model), db=db, output=output, session=session,
+                        restart=restart, progress=not quiet,
+                        on_line=lambda line, segment: done.append(line.number))
+    except KeyboardInterrupt:
+        where = db or output.with_suffix(".db")
+        click.echo(f"\nStopped. Lines rendered this run are kept in {where}; run the same command "
+                   "again to continue.", err=True)
+        raise SystemExit(130) from None
+    except CSMError as error:
+        raise click.ClickException(str(error)) from None
+
+    click.echo(
+        f"{result.output}: {result.duration:.1f} s, {len(parsed.lines)} lines "
+        f"({len(result.rendered)} rendered now, {result.reused} kept from {result.db}); "
+        f"chapters in {result.chapters_path}"
+    )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(podcast)
