@@ -1,0 +1,244 @@
+"""The generator's bookkeeping: prefix reuse, stop rules, chunking — on a transparent fake network,
+then the same promises on the tiny random CSM (same codes with and without reuse)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from engine.errors import ContextTooLongError, InputError
+from engine.generator import (
+    STOP_END_OF_SPEECH,
+    STOP_MAX_AUDIO_LENGTH,
+    STOP_TEXT_LENGTH_CAP,
+    Generator,
+    chunk_frames_for,
+    common_prefix_length,
+    canonical_rows,
+    frame_cap,
+    frame_row,
+    text_frame_cap,
+)
+from engine.kv_cache import KVCache
+
+
+# ------------------------------------------------------------------------------------------------
+# A fake network whose hidden state is the running sum of its rows, so any cache mistake shows.
+# ------------------------------------------------------------------------------------------------
+
+
+class FakeCSM:
+    def __init__(self, max_seq_len=64):
+        self.config = SimpleNamespace(max_seq_len=max_seq_len)
+        self.script: list[int] = []  # per generate_frame call: 0 -> the all-zero frame
+
+    def embed_rows(self, tokens, mask):  # (B, T, 33) -> (B, T, 1)
+        return mx.sum(mx.where(mask, tokens, 0), axis=-1, keepdims=True).astype(mx.float32)
+
+    def new_backbone_cache(self, max_size=None):
+        return [KVCache(max_size or self.config.max_seq_len, 1, 1)]
+
+    def backbone(self, embeds, cache):  # (B, T, 1) -> (B, T, 1): running sum over all positions
+        T = embeds.shape[1]
+        k = embeds.transpose(0, 2, 1)[:, :, :, None]  # (B, 1, T, 1)
+        keys, _ = cache[0].update_and_fetch(k, k)
+        total = mx.cumsum(keys[:, 0, :, 0], axis=1)  # (B, offset)
+        return total[:, -T:, None]
+
+    def generate_frame(self, h_last, sampler):  # (B, 1) -> (B, 32)
+        base = (h_last.astype(mx.int32) % 997) + 1  # never 0
+        codes = (base + mx.arange(32)[None, :]) % 2048 + (mx.arange(32)[None, :] == 0)
+        if self.script and self.script.pop(0) == 0:
+            codes = mx.zeros_like(codes)
+        return codes.astype(mx.int32)
+
+
+class FakeCodec:
+    frame_size = 4
+
+    def decode(self, codes):  # (K, F) -> (F * 4,)
+        return mx.repeat(mx.array(codes[0].astype(np.float32)), self.frame_size)
+
+    def streaming_decoder(self):
+        return SimpleNamespace(decode=self.decode, reset=lambda: None)
+
+
+def text_rows(ids):
+    tokens = np.zeros((len(ids), 33), np.int32)
+    tokens[:, 32] = ids
+    mask = np.zeros((len(ids), 33), bool)
+    mask[:, 32] = True
+    return tokens, mask
+
+
+def audio_rows(codes, eos=True):
+    rows = [frame_row(c) for c in codes]
+    if eos:
+        rows.append(frame_row(np.zeros(32, np.int32)))
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def cat(*parts):
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def run(gen, prompt, **kw):
+    kw.setdefault("max_frames", 8)
+    kw.setdefault("sampler", None)
+    return list(gen.generate(*prompt, **kw))
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure arithmetic
+# ------------------------------------------------------------------------------------------------
+
+
+def test_text_frame_cap_is_generous_but_bounded():
+    short = text_frame_cap("Hi.")
+    line = text_frame_cap("Hello from Sesame, how are you doing today?")  # 8 words, 43 chars
+    assert short >= 3 * 12.5  # the pause allowance alone
+    # slower than natural speech (~2.5 words/s) yet finite: between 1x and 4x of natural pace
+    assert 8 / 2.5 * 12.5 < line < 4 * 8 / 2.5 * 12.5 + 3 * 12.5
+    assert text_frame_cap("word " * 100) > text_frame_cap("word " * 10)
+
+
+def test_frame_cap_takes_the_stricter_rule():
+    assert frame_cap("Hi.", 90_000)[1] == STOP_TEXT_LENGTH_CAP
+    frames, reason = frame_cap("word " * 200, 10_000)
+    assert (frames, reason) == (125, STOP_MAX_AUDIO_LENGTH)
+    with pytest.raises(InputError):
+        frame_cap("Hi.", 0)
+
+
+def test_chunk_frames_for_interval():
+    assert chunk_frames_for(0.5) == 6  # 6.25 frames -> 6 (0.48 s)
+    assert chunk_frames_for(0.01) == 1
+    assert chunk_frames_for(2.0) == 25
+    with pytest.raises(InputError):
+        chunk_frames_for(0)
+
+
+def test_common_prefix_ignores_masked_out_columns():
+    a = cat(text_rows([5, 6, 7]), audio_rows(np.ones((2, 32), np.int32)))
+    b_tokens, b_mask = a[0].copy(), a[1].copy()
+    b_tokens[0, 3] = 99  # garbage under the mask of a text row
+    ca, cb = canonical_rows(*a), canonical_rows(b_tokens, b_mask)
+    assert common_prefix_length(*ca, *cb) == 6
+    b_tokens[4, 0] = 2  # a real difference in the second audio row
+    assert common_prefix_length(*ca, *canonical_rows(b_tokens, b_mask)) == 4
+    short = canonical_rows(a[0][:2], a[1][:2])
+    assert common_prefix_length(*ca, *short) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# The frame loop on the fake network
+# ------------------------------------------------------------------------------------------------
+
+
+def test_end_of_speech_frame_stops_and_is_not_audio():
+    csm = FakeCSM()
+    gen = Generator(csm, FakeCodec())
+    csm.script = [1, 1, 1, 0]
+    (out,) = run(gen, text_rows([3, 4]))
+    assert out.is_final and out.stop_reason == STOP_END_OF_SPEECH
+    assert out.codes.shape == (3, 32) and out.codes.all()
+    assert out.audio.shape == (3 * FakeCodec.frame_size,)
+
+
+def test_frame_cap_stops_with_its_reason():
+    gen = Generator(FakeCSM(), FakeCodec())
+    (out,) = run(gen, text_rows([3, 4]), max_frames=5, cap_reason=STOP_TEXT_LENGTH_CAP)
+    assert out.codes.shape == (5, 32)
+    assert out.stop_reason == STOP_TEXT_LENGTH_CAP
+    # the last frame was never fed back: prompt + 4 frames held
+    assert gen.held_rows == 2 + 4
+
+
+def test_streaming_chunks_join_to_the_whole():
+    csm = FakeCSM()
+    whole = run(Generator(csm, FakeCodec()), text_rows([3, 4]), max_frames=5)[0]
+    chunks = run(Generator(csm, FakeCodec()), text_rows([3, 4]), max_frames=5, stream=True, chunk_frames=2)
+    assert [len(c.codes) for c in chunks] == [2, 2, 1]
+    assert [c.is_final for c in chunks] == [False, False, True]
+    assert np.array_equal(np.concatenate([c.codes for c in chunks]), whole.codes)
+    assert np.array_equal(chunks[-1].frames, whole.codes)
+    joined = np.concatenate([np.array(c.audio) for c in chunks])
+    assert np.array_equal(joined, np.array(whole.audio))
+
+
+def test_stream_ending_on_a_chunk_boundary_yields_an_empty_final_chunk():
+    csm = FakeCSM()
+    csm.script = [1, 1, 1, 1, 0]
+    chunks = run(Generator(csm, FakeCodec()), text_rows([3]), stream=True, chunk_frames=2)
+    assert [len(c.codes) for c in chunks] == [2, 2, 0]
+    assert chunks[-1].stop_reason == STOP_END_OF_SPEECH and chunks[-1].audio.shape == (0,)
+
+
+def test_context_too_long_is_refused_before_any_work():
+    gen = Generator(FakeCSM(max_seq_len=16), FakeCodec())
+    with pytest.raises(ContextTooLongError, match="10 positions.*8 frames"):
+        gen.generate(*text_rows(list(range(1, 11))), max_frames=8, sampler=None)
+    assert gen.held_rows == 0
+
+
+def test_reuse_prefills_only_new_rows_and_gives_the_same_codes():
+    csm_a, csm_b = FakeCSM(max_seq_len=256), FakeCSM(max_seq_len=256)
+    reuse, fresh = Generator(csm_a, FakeCodec()), Generator(csm_b, FakeCodec())
+    history = []
+    for turn in range(5):
+        text = text_rows([10 + turn, 20 + turn, 30 + turn])
+        prompt = cat(*history, text)
+        script = [1] * (3 + turn) + [0]
+        csm_a.script, csm_b.script = list(script), list(script)
+        (a,) = run(reuse, prompt, max_frames=20)
+        (b,) = run(fresh, prompt, max_frames=20, reuse_cache=False)
+        assert np.array_equal(a.codes, b.codes)
+        assert b.prefill_tokens == len(prompt[0]) and b.cached_tokens == 0
+        if turn == 0:
+            assert a.prefill_tokens == 3
+        else:
+            # the previous turn's frames and its end-of-speech row were fed back while generating:
+            # only this turn's three text rows are new
+            assert (a.prefill_tokens, a.cached_tokens) == (3, len(prompt[0]) - 3)
+        history += [text, audio_rows(a.codes)]
+
+
+def test_same_prompt_twice_recomputes_only_the_last_row():
+    gen = Generator(FakeCSM(), FakeCodec())
+    prompt = text_rows([3, 4, 5, 6])
+    first = run(gen, prompt)[0]
+    again = run(gen, prompt)[0]
+    assert (again.prefill_tokens, again.cached_tokens) == (1, 3)
+    assert np.array_equal(first.codes, again.codes)
+
+
+def test_abandoned_stream_leaves_a_consistent_cache():
+    csm = FakeCSM()
+    gen = Generator(csm, FakeCodec())
+    prompt = text_rows([3, 4, 5])
+    stream = gen.generate(*prompt, max_frames=8, sampler=None, stream=True, chunk_frames=2)
+    first = next(stream)
+    stream.close()
+    held_tokens, _ = gen.held()
+    assert len(held_tokens) == 3 + 2  # prompt + the two frames fed back (one in flight counted)
+    assert np.array_equal(held_tokens[3:5, :32], first.codes)
+    # a follow-up that shares the prompt and the two frames reuses them and matches a fresh run
+    follow = cat(prompt, audio_rows(first.codes, eos=False), text_rows([7]))
+    (a,) = run(gen, follow)
+    (b,) = run(Generator(FakeCSM(), FakeCodec()), follow)
+    assert (a.prefill_tokens, a.cached_tokens) == (1, 5)
+    assert np.array_equal(a.codes, b.codes)
+
+
+def test_a_second_request_supersedes_a_paused_stream():
+    gen = Generator(FakeCSM(), FakeCodec())
+    stream = gen.generate(*text_rows([3]), max_frames=8, sampler=None, stream=True, chunk_frames=1)
+    next(stream)
+    run(gen, text_rows([4, 5]))
+    with pytest.raises(InputError, match="another generation"):
+        next(stream)
+    again = run(gen, text_rows([4, 5]))[0]  # the newer request's rows survived the stale one
+    assert (again.prefill_tokens, again.cached_tokens) == (1, 1)
