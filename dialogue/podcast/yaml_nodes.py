@@ -41,12 +41,24 @@ def compose(text: str) -> Node | None:
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark is not None else None
-        parts = [p for p in (error.context, error.problem) if p]
-        raise YamlSyntaxError(line, "YAML syntax error: " + ", ".join(parts)) from error
+        raise _syntax_error(error, text) from error
     except yaml.YAMLError as error:  # e.g. a reader error (bad characters) without a mark
         raise YamlSyntaxError(None, f"YAML syntax error: {error}") from error
+
+
+def _syntax_error(error: yaml.MarkedYAMLError, text: str) -> YamlSyntaxError:
+    """Where the problem is; for one found only at the end of the file (an unclosed quote or
+    bracket), where the unfinished thing starts."""
+    problem, context = error.problem_mark, error.context_mark
+    mark = problem or context
+    if problem is not None and context is not None and problem.index >= len(text.rstrip()):
+        mark = context
+    message = "YAML syntax error: " + (error.problem or "cannot read this")
+    if error.context and context is not None:
+        message += f" ({error.context} on line {context.line + 1})"
+    elif error.context:
+        message += f" ({error.context})"
+    return YamlSyntaxError(mark.line + 1 if mark is not None else None, message)
 
 
 def line_of(node: Node) -> int:
