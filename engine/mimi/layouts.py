@@ -1,0 +1,251 @@
+"""Key layouts of the public Mimi checkpoints, and the maps between them.
+
+Two layouts exist (facts from the public checkpoints):
+
+* Kyutai's original (`tokenizer-e351c8d8-checkpoint125.safetensors` in kyutai/moshiko-pytorch-bf16):
+  `encoder.model.N.conv.conv.weight`, `decoder.model.N.convtr.convtr.weight`,
+  `{encoder,decoder}_transformer.transformer.layers.L.self_attn.in_proj_weight` (q, k, v stacked;
+  RoPE on adjacent pairs), `norm1/norm2`, `linear1/linear2`, `layer_scale_{1,2}.scale`,
+  `quantizer.rvq_{first,rest}.vq.layers.I._codebook.{embedding_sum,cluster_usage}`,
+  `downsample.conv.conv.conv.weight`, `upsample.convtr.convtr.convtr.weight`.
+* transformers' MimiModel as saved on disk (kyutai/mimi; `codec_model.*` in transformers CSM):
+  `encoder.layers.N.conv.weight`, `{encoder,decoder}_transformer.layers.L.self_attn.{q,k,v,o}_proj`
+  (q/k rows permuted for rotate-half RoPE), `input_layernorm`, `post_attention_layernorm`,
+  `mlp.fc{1,2}`, `{self_attn,mlp}_layer_scale.scale`,
+  `quantizer.{semantic,acoustic}_residual_vector_quantizer.layers.I.codebook.{embed_sum,cluster_usage}`,
+  `downsample.conv.weight`, `upsample.conv.weight`. (transformers 5.x names the modules
+  `encoder.encoder_seanet.layers...` etc. in memory; those names are read too.)
+
+The loader maps everything to the transformers on-disk names (torch shapes), then un-permutes q/k
+so every layout reaches the model with adjacent-pair RoPE. Pure Python: works on NumPy or MLX arrays.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import WeightsError
+from .config import MimiConfig
+
+# Buffers that carry no information for inference.
+IGNORED_SUFFIXES = ("._initialized", ".initialized", ".codebook.initialized")
+
+
+# --- the flat SEANet index structure shared by both layouts ------------------------------------------
+def seanet_encoder_plan(cfg: MimiConfig) -> list[tuple[int, str, dict]]:
+    """(index, kind, args) of the encoder's flat layer list; kinds: conv, res, elu."""
+    plan = [(0, "conv", dict(cin=cfg.channels, cout=cfg.num_filters, k=cfg.kernel_size))]
+    mult = 1
+    for ratio in reversed(cfg.ratios):
+        dim = mult * cfg.num_filters
+        for j in range(cfg.num_residual_layers):
+            plan.append((len(plan), "res", dict(dim=dim, dilation=cfg.dilation_growth_rate ** j)))
+        plan.append((len(plan), "elu", {}))
+        plan.append((len(plan), "conv", dict(cin=dim, cout=dim * 2, k=2 * ratio, stride=ratio)))
+        mult *= 2
+    plan.append((len(plan), "elu", {}))
+    plan.append((len(plan), "conv", dict(cin=mult * cfg.num_filters, cout=cfg.hidden_size, k=cfg.last_kernel_size)))
+    return plan
+
+
+def seanet_decoder_plan(cfg: MimiConfig) -> list[tuple[int, str, dict]]:
+    """(index, kind, args) of the decoder's flat layer list; kinds: conv, convtr, res, elu."""
+    mult = 2 ** len(cfg.ratios)
+    plan = [(0, "conv", dict(cin=cfg.hidden_size, cout=mult * cfg.num_filters, k=cfg.kernel_size))]
+    for ratio in cfg.ratios:
+        dim = mult * cfg.num_filters
+        plan.append((len(plan), "elu", {}))
+        plan.append((len(plan), "convtr", dict(cin=dim, cout=dim // 2, k=2 * ratio, stride=ratio)))
+        for j in range(cfg.num_residual_layers):
+            plan.append((len(plan), "res", dict(dim=dim // 2, dilation=cfg.dilation_growth_rate ** j)))
+        mult //= 2
+    plan.append((len(plan), "elu", {}))
+    plan.append((len(plan), "conv", dict(cin=cfg.num_filters, cout=cfg.channels, k=cfg.last_kernel_size)))
+    return plan
+
+
+# --- RoPE conventions -------------------------------------------------------------------------------
+def to_rotate_half(w, heads: int):
+    """Rows of a q/k projection for adjacent-pair RoPE -> rows for rotate-half RoPE (transformers)."""
+    out_dim, in_dim = w.shape
+    hd = out_dim // heads
+    return w.reshape(heads, hd // 2, 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
+def from_rotate_half(w, heads: int):
+    """The inverse of `to_rotate_half`: transformers' q/k rows -> adjacent-pair RoPE rows."""
+    out_dim, in_dim = w.shape
+    hd = out_dim // heads
+    return w.reshape(heads, 2, hd // 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
+# --- finding the codec's keys -----------------------------------------------------------------------
+_PREFIXES = ("codec_model.", "model.codec_model.", "mimi.", "model.")
+_TRANSFORMERS_NESTED = [  # transformers 5.x in-memory names -> on-disk names
+    (r"^encoder\.encoder_seanet\.", "encoder."),
+    (r"^encoder\.encoder_transformer\.", "encoder_transformer."),
+    (r"^encoder\.downsample\.", "downsample."),
+    (r"^decoder\.upsample\.", "upsample."),
+    (r"^decoder\.decoder_transformer\.", "decoder_transformer."),
+    (r"^decoder\.decoder_seanet\.", "decoder."),
+]
+
+
+def strip_prefix(weights: dict) -> dict:
+    """Drop a container prefix (`codec_model.` in transformers CSM checkpoints) when every codec key has it."""
+    for prefix in _PREFIXES:
+        inner = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        if inner and detect_layout(inner, raise_error=False):
+            return inner
+    return dict(weights)
+
+
+def detect_layout(weights, raise_error: bool = True) -> str | None:
+    keys = list(weights)
+    if any(k.startswith(("encoder.model.", "decoder.model.", "quantizer.rvq_first.")) for k in keys):
+        return "kyutai"
+    if any(k.startswith(("encoder.layers.", "decoder.layers.", "encoder.encoder_seanet.", "decoder.decoder_seanet.",
+                         "quantizer.semantic_residual_vector_quantizer.")) for k in keys):
+        return "transformers"
+    if raise_error:
+        sample = ", ".join(sorted(keys)[:5]) or "no keys at all"
+        raise WeightsError(f"these weights are not a Mimi codec in a known layout (Kyutai original or transformers "
+                           f"MimiModel); first keys: {sample}")
+    return None
+
+
+def _is_ignored(key: str) -> bool:
+    return key.endswith(IGNORED_SUFFIXES)
+
+
+# --- Kyutai <-> transformers ------------------------------------------------------------------------
+_KYUTAI_RENAMES = [
+    (r"^(encoder|decoder)\.model\.(\d+)\.block\.(\d+)\.conv\.conv\.", r"\1.layers.\2.block.\3.conv."),
+    (r"^(encoder|decoder)\.model\.(\d+)\.conv\.conv\.", r"\1.layers.\2.conv."),
+    (r"^decoder\.model\.(\d+)\.convtr\.convtr\.", r"decoder.layers.\1.conv."),
+    (r"^downsample\.conv\.conv\.conv\.", "downsample.conv."),
+    (r"^upsample\.convtr\.convtr\.convtr\.", "upsample.conv."),
+    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.self_attn\.out_proj\.",
+     r"\1_transformer.layers.\2.self_attn.o_proj."),
+    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.norm1\.", r"\1_transformer.layers.\2.input_layernorm."),
+    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.norm2\.",
+     r"\1_transformer.layers.\2.post_attention_layernorm."),
+    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.linear1\.", r"\1_transformer.layers.\2.mlp.fc1."),
+    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.linear2\.", r"\1_transformer.layers.\2.mlp.fc2."),
+    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.layer_scale_1\.",
+     r"\1_transformer.layers.\2.self_attn_layer_scale."),
+    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.layer_scale_2\.",
+     r"\1_transformer.layers.\2.mlp_layer_scale."),
+    (r"^quantizer\.rvq_first\.vq\.layers\.(\d+)\._codebook\.embedding_sum$",
+     r"quantizer.semantic_residual_vector_quantizer.layers.\1.codebook.embed_sum"),
+    (r"^quantizer\.rvq_first\.vq\.layers\.(\d+)\._codebook\.cluster_usage$",
+     r"quantizer.semantic_residual_vector_quantizer.layers.\1.codebook.cluster_usage"),
+    (r"^quantizer\.rvq_rest\.vq\.layers\.(\d+)\._codebook\.embedding_sum$",
+     r"quantizer.acoustic_residual_vector_quantizer.layers.\1.codebook.embed_sum"),
+    (r"^quantizer\.rvq_rest\.vq\.layers\.(\d+)\._codebook\.cluster_usage$",
+     r"quantizer.acoustic_residual_vector_quantizer.layers.\1.codebook.cluster_usage"),
+    (r"^quantizer\.rvq_first\.(input_proj|output_proj)\.", r"quantizer.semantic_residual_vector_quantizer.\1."),
+    (r"^quantizer\.rvq_rest\.(input_proj|output_proj)\.", r"quantizer.acoustic_residual_vector_quantizer.\1."),
+]
+_IN_PROJ = re.compile(r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.self_attn\.in_proj_weight$")
+
+
+def kyutai_to_transformers(weights: dict, cfg: MimiConfig) -> tuple[dict, list[str]]:
+    """Rename Kyutai keys to transformers' on-disk names (q/k permuted the way transformers stores them).
+    Returns (renamed weights, keys that matched no rule)."""
+    out, unknown = {}, []
+    for key, value in weights.items():
+        if _is_ignored(key):
+            continue
+        m = _IN_PROJ.match(key)
+        if m:
+            if value.shape[0] % 3:
+                raise WeightsError(f"{key}: shape {tuple(value.shape)} is not q, k and v stacked")
+            d = value.shape[0] // 3
+            base = f"{m.group(1)}_transformer.layers.{m.group(2)}.self_attn."
+            out[base + "q_proj.weight"] = to_rotate_half(value[:d], cfg.num_heads)
+            out[base + "k_proj.weight"] = to_rotate_half(value[d:2 * d], cfg.num_heads)
+            out[base + "v_proj.weight"] = value[2 * d:]
+            continue
+        for pattern, repl in _KYUTAI_RENAMES:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            unknown.append(key)
+    return out, unknown
+
+
+def normalize_transformers(weights: dict) -> dict:
+    """transformers weights under the on-disk names (maps the 5.x in-memory names), buffers dropped."""
+    out = {}
+    for key, value in weights.items():
+        if _is_ignored(key):
+            continue
+        for pattern, repl in _TRANSFORMERS_NESTED:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def transformers_to_kyutai(weights: dict, cfg: MimiConfig) -> dict:
+    """transformers on-disk weights -> Kyutai's original layout (used to build test checkpoints)."""
+    import numpy as np
+
+    convtr = {i for i, kind, _ in seanet_decoder_plan(cfg) if kind == "convtr"}
+    weights = normalize_transformers(weights)
+    out = {}
+    attn: dict[str, dict[str, object]] = {}
+    for key, value in weights.items():
+        m = re.match(r"^(encoder|decoder)_transformer\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight$", key)
+        if m:
+            attn.setdefault(f"{m.group(1)}_transformer.transformer.layers.{m.group(2)}.self_attn.in_proj_weight",
+                            {})[m.group(3)] = value
+            continue
+        new = key
+        m = re.match(r"^(encoder|decoder)\.layers\.(\d+)\.(block\.\d+\.)?conv\.(weight|bias)$", key)
+        if m:
+            side, idx, block, what = m.group(1), int(m.group(2)), m.group(3) or "", m.group(4)
+            if side == "decoder" and not block and idx in convtr:
+                new = f"decoder.model.{idx}.convtr.convtr.{what}"
+            else:
+                new = f"{side}.model.{idx}.{block}conv.conv.{what}"
+        else:
+            for pattern, repl in [
+                (r"^downsample\.conv\.", "downsample.conv.conv.conv."),
+                (r"^upsample\.conv\.", "upsample.convtr.convtr.convtr."),
+                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.self_attn\.o_proj\.",
+                 r"\1_transformer.transformer.layers.\2.self_attn.out_proj."),
+                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.input_layernorm\.",
+                 r"\1_transformer.transformer.layers.\2.norm1."),
+                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.post_attention_layernorm\.",
+                 r"\1_transformer.transformer.layers.\2.norm2."),
+                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.mlp\.fc1\.", r"\1_transformer.transformer.layers.\2.linear1."),
+                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.mlp\.fc2\.", r"\1_transformer.transformer.layers.\2.linear2."),
+                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.self_attn_layer_scale\.",
+                 r"\1_transformer.transformer.layers.\2.layer_scale_1."),
+                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.mlp_layer_scale\.",
+                 r"\1_transformer.transformer.layers.\2.layer_scale_2."),
+                (r"^quantizer\.semantic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.embed_sum$",
+                 r"quantizer.rvq_first.vq.layers.\1._codebook.embedding_sum"),
+                (r"^quantizer\.semantic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.cluster_usage$",
+                 r"quantizer.rvq_first.vq.layers.\1._codebook.cluster_usage"),
+                (r"^quantizer\.acoustic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.embed_sum$",
+                 r"quantizer.rvq_rest.vq.layers.\1._codebook.embedding_sum"),
+                (r"^quantizer\.acoustic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.cluster_usage$",
+                 r"quantizer.rvq_rest.vq.layers.\1._codebook.cluster_usage"),
+                (r"^quantizer\.semantic_residual_vector_quantizer\.(input_proj|output_proj)\.", r"quantizer.rvq_first.\1."),
+                (r"^quantizer\.acoustic_residual_vector_quantizer\.(input_proj|output_proj)\.", r"quantizer.rvq_rest.\1."),
+            ]:
+                new, n = re.subn(pattern, repl, key)
+                if n:
+                    break
+            else:
+                raise WeightsError(f"no Kyutai name for {key}")
+        out[new] = value
+    for key, parts in attn.items():
+        q = from_rotate_half(np.asarray(parts["q"]), cfg.num_heads)
+        k = from_rotate_half(np.asarray(parts["k"]), cfg.num_heads)
+        out[key] = np.concatenate([q, k, np.asarray(parts["v"])], axis=0)
+    return out
