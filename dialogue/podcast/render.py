@@ -88,16 +88,19 @@ def render(
         model = load_model(str(model))
     voices = _check_voices(script, model)
 
-    conv = Conversation.open(db, session=session, model=model)
-    show_seed = _show_seed(script, conv, restart)
-    identities = [_line_identity(script, line, show_seed, voices) for line in script.lines]
-    keep = 0 if restart else _matching_turns(conv, identities)
-    if len(conv.turns) > keep:
-        conv.truncate(keep)
-    _pin_voices(conv, script)
+    with Conversation.open(db, session=session, model=model) as conv:
+        show_seed = _show_seed(script, conv, restart)
+        identities = [_line_identity(script, line, show_seed, voices) for line in script.lines]
+        keep = 0 if restart else _matching_turns(conv, identities)
+        if len(conv.turns) > keep:
+            conv.truncate(keep)
+        _pin_voices(conv, script)
+        rendered = _render_lines(conv, script, identities, keep, show_seed, progress, on_line)
 
-    rendered = _render_lines(conv, script, identities, keep, show_seed, progress, on_line)
-    clips = [_clip(segment, model) for segment in conv.segments[: len(script.lines)]]
+    # Mixed from what the database holds, so a render done in one go and one resumed in several
+    # runs give the same file (lines generated in this run are read back like the earlier ones).
+    with Conversation.open(db, session=session, model=model) as stored:
+        clips = [_clip(segment, model) for segment in stored.segments]
     audio, chapters = mix(clips, list(script.lines), SAMPLE_RATE)
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_wav(output, audio, SAMPLE_RATE)
@@ -195,11 +198,15 @@ def _matching_turns(conv, identities: list[dict]) -> int:
 
 
 def _pin_voices(conv, script: Script) -> None:
+    """The session's pinned voices become exactly the script's (same voice again: no change)."""
     for speaker in script.speakers:
         if speaker.voice is not None:
             conv.set_voice(speaker.id, voice=speaker.voice)
         elif speaker.ref_audio is not None:
             conv.set_voice(speaker.id, ref_audio=str(speaker.ref_audio), ref_text=speaker.ref_text)
+    voiced = {s.id for s in script.speakers if s.voice is not None or s.ref_audio is not None}
+    for speaker_id in set(conv.voices) - voiced:
+        conv.set_voice(speaker_id)  # unpin: a speaker without a voice, or one no longer in the show
 
 
 # --- generating ----------------------------------------------------------------------------------
