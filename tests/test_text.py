@@ -1,6 +1,8 @@
 """Text tokenizer (BOS/EOS, the Llama-3 file format), normalisation and splitting."""
 
 import json
+import random
+import re
 
 import pytest
 from tokenizers import Tokenizer
@@ -97,3 +99,155 @@ def test_bad_speaker(tok):
         tok.encode_segment(-1, "hi")
     with pytest.raises(InputError):
         tok.encode_segment(True, "hi")
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+from engine.text import normalize_text, split_sentences, split_text  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "written, spoken",
+    [
+        ("It costs $3.50.", "It costs three dollars and fifty cents."),
+        ("$1", "one dollar"),
+        ("Only $0.99!", "Only ninety-nine cents!"),
+        ("A $1,000,000 prize", "A one million dollars prize"),
+        ("$2.5 million", "two point five million dollars"),
+        ("£1.01 and €20", "one pound and one penny and twenty euros"),
+        ("50% off", "fifty percent off"),
+        ("a 3.5% rise", "a three point five percent rise"),
+        ("Meet at 3:30 pm today", "Meet at three thirty PM today"),
+        ("at 3:30 p.m. Then we left.", "at three thirty PM. Then we left."),
+        ("at 7 a.m. on Monday", "at seven AM on Monday"),
+        ("at 10:05", "at ten oh five"),
+        ("at 9:00", "at nine o'clock"),
+        ("15:00 sharp", "fifteen hundred sharp"),
+        ("the 1st, 22nd and 103rd", "the first, twenty-second and one hundred and third"),
+        ("in 1999 and 2024", "in nineteen ninety-nine and twenty twenty-four"),
+        ("the 1990s and the 80s", "the nineteen nineties and the eighties"),
+        ("1,234 people", "one thousand two hundred and thirty-four people"),
+        ("pi is 3.14", "pi is three point one four"),
+        ("it was -5 outside", "it was minus five outside"),
+        ("pages 10-20", "pages ten to twenty"),
+        ("Call 555-1234.", "Call five five five, one two three four."),
+        ("20°C", "twenty degrees Celsius"),
+        ("1/2 cup", "one half cup"),
+        ("on 2024-03-15 we", "on March fifteenth, twenty twenty-four we"),
+        ("Mr. Smith and Dr. Jones", "Mister Smith and Doctor Jones"),
+        ("Mrs. Brown met Prof. Plum", "Missus Brown met Professor Plum"),
+        ("St. Louis and 5 Main St.", "Saint Louis and five Main Street."),
+        ("apples, pears, etc. are fruit", "apples, pears, et cetera are fruit"),
+        ("apples, pears, etc. Then more.", "apples, pears, et cetera. Then more."),
+        ("cats vs. dogs", "cats versus dogs"),
+        ("R&D and Tom & Jerry", "R and D and Tom and Jerry"),
+        ("2 + 2 = 4", "two plus two equals four"),
+        ("#1 hit", "number one hit"),
+        ("agent 007", "agent zero zero seven"),
+        ("AT&amp;T", "AT and T"),
+    ],
+)
+def test_normalize_examples(written, spoken):
+    assert normalize_text(written) == spoken
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello there, how are you?",
+        "I'm great! So happy to be speaking with you today.",
+        "Version v1.2.3 runs on 192.168.0.1, not on mp3 or 4G.",
+        "Email me at someone@example.com — or don't.",
+        "Dr. Who? The St. is closed.",
+    ],
+)
+def test_normalize_never_eats_words(text):
+    out = normalize_text(text)
+    for word in re.findall(r"[A-Za-z]{2,}", text):
+        if word in {"Dr", "St"} and "Doctor" in out:
+            continue
+        assert word in out, (word, out)
+
+
+def test_plain_text_is_unchanged():
+    text = "The quick brown fox jumps over the lazy dog."
+    assert normalize_text(text) == text
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "\n\t "])
+def test_empty_text_is_an_input_error(bad):
+    with pytest.raises(InputError, match="empty"):
+        normalize_text(bad)
+    with pytest.raises(InputError, match="empty"):
+        split_text(bad, 100)
+
+
+def test_non_string_text():
+    with pytest.raises(InputError):
+        normalize_text(None)
+    with pytest.raises(InputError):
+        split_text(42, 100)
+
+
+# ---------------------------------------------------------------------------- splitting
+
+def _chars(s):
+    return "".join(s.split())
+
+
+def test_sentences():
+    text = 'Mr. Smith went to Washington. He said: "Hello!" Then he left... and came back? Yes.'
+    assert split_sentences(text) == [
+        "Mr. Smith went to Washington.",
+        'He said: "Hello!"',
+        "Then he left... and came back?",
+        "Yes.",
+    ]
+    assert split_sentences("One line\nanother line") == ["One line", "another line"]
+
+
+def test_short_text_is_one_piece():
+    assert split_text("Hello. How are you?", 300) == ["Hello. How are you?"]
+
+
+def test_split_prefers_sentence_ends():
+    text = "First sentence here. Second one is here. Third goes last."
+    assert split_text(text, 45) == ["First sentence here. Second one is here.", "Third goes last."]
+
+
+def test_split_uses_clauses_then_words():
+    text = "This is a long sentence, with several clauses; it keeps going and going and going."
+    pieces = split_text(text, 30)
+    assert pieces[0] == "This is a long sentence,"
+    assert all(len(p) <= 30 for p in pieces)
+    assert _chars(" ".join(pieces)) == _chars(text)
+
+
+def test_paragraphs_start_new_pieces():
+    assert split_text("One.\n\nTwo.", 300) == ["One.", "Two."]
+
+
+def test_giant_word_is_cut_not_dropped():
+    word = "x" * 95
+    pieces = split_text(f"a {word} b", 20)
+    assert all(len(p) <= 20 for p in pieces)
+    assert _chars(" ".join(pieces)) == _chars(f"a {word} b")
+
+
+def test_split_never_loses_text():
+    rng = random.Random(0)
+    vocab = ["Hello", "world", "Mr.", "Dr.", "it's", "3.50", "a", "b,", "c;", "d:", "e.", "f!",
+             "g?", "\n", "\n\n", "—", "...", '"quoted."', "(aside)", "x" * 40, "J.", "etc."]
+    for trial in range(200):
+        text = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 80)))
+        if not text.strip():
+            continue
+        budget = rng.randint(1, 120)
+        pieces = split_text(text, budget)
+        assert all(0 < len(p) <= budget for p in pieces), (text, budget, pieces)
+        assert _chars(" ".join(pieces)) == _chars(text), (text, budget)
+
+
+def test_bad_budget():
+    with pytest.raises(InputError):
+        split_text("Hello.", 0)
