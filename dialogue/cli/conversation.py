@@ -1,0 +1,269 @@
+"""Conversation commands: `csm say`, `csm replay`, `csm sessions list|show|export|delete`.
+
+    csm say --db talk.db --session demo --speaker 0 --voice conversational_a "Hi there!"
+    csm say --db talk.db --session demo --speaker 1 "Hey! How are you?"
+    csm replay talk.db --session demo -o demo.wav
+    csm sessions list talk.db
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_MODEL = "sesame/csm-1b"
+EXISTING_DB = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """The package's own errors become one-line CLI errors (no traceback)."""
+    from engine.errors import CSMError
+    from storage import StorageError
+
+    try:
+        yield
+    except (CSMError, StorageError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _open(db: Path, session: str, model=None, **options):
+    from dialogue.conversation import Conversation
+
+    return Conversation.open(db, session=session, model=model, **options)
+
+
+def _require_session(db: Path, session: str) -> None:
+    from storage import Store
+
+    with Store(db) as store:
+        store.session(session)  # SessionNotFoundError lists the sessions there are
+
+
+# -- csm say ------------------------------------------------------------------------------------
+
+
+@click.command("say")
+@click.argument("text", required=False)
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="SQLite file of the conversation (created if missing).")
+@click.option("--session", default="default", show_default=True, help="Session name in the database.")
+@click.option("--speaker", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Who speaks this turn (0, 1, ...).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model: a Hugging Face id, a local folder, or tiny-random.")
+@click.option("--voice", help="Pin this preset/registered voice for the speaker (kept for later turns).")
+@click.option("--ref_audio", "--ref-audio", "ref_audio", type=click.Path(exists=True, dir_okay=False),
+              help="Pin a voice from this clip for the speaker (needs --ref_text).")
+@click.option("--ref_text", "--ref-text", "ref_text", help="The words spoken in --ref_audio.")
+@click.option("--temperature", type=float, default=0.9, show_default=True)
+@click.option("--top_k", "--top-k", "top_k", type=int, default=50, show_default=True)
+@click.option("--seed", type=int, help="Sampling seed (default: a random one, stored with the turn).")
+@click.option("--max_audio_length_ms", "--max-audio-length-ms", "max_audio_length_ms", type=float,
+              default=90_000, show_default=True, help="Longest audio this turn may have.")
+@click.option("--context_limit", "--context-limit", "context_limit", type=int, hidden=True,
+              help="Backbone positions a prompt may use (default: the model's).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write this turn's audio here (WAV or FLAC by extension).")
+def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperature, top_k, seed,
+        max_audio_length_ms, context_limit, output):
+    """Generate SPEAKER saying TEXT as the next turn of a stored conversation.
+
+    The turn hears the earlier turns (their text and audio tokens) and is stored in the database.
+    TEXT may also come on stdin.
+    """
+    if text is None or text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        raise click.UsageError("give the text to say (an argument or on stdin)")
+    with _user_errors():
+        from engine import load_model
+
+        conv = _open(db, session, load_model(model), context_limit=context_limit)
+        with conv:
+            if voice is not None or ref_audio is not None:
+                conv.set_voice(speaker, voice=voice, ref_audio=ref_audio, ref_text=ref_text)
+            segment = conv.say(speaker, text, temperature=temperature, top_k=top_k, seed=seed,
+                               max_audio_length_ms=max_audio_length_ms)
+            turn = conv.turns[-1]
+        if output is not None:
+            _write_audio(output, segment.audio)
+    timing = turn.timing
+    click.echo(
+        f"{session} turn {turn.index} (speaker {speaker}): {segment.duration or 0:.2f} s audio, "
+        f"first audio after {timing.get('time_to_first_audio') or 0:.2f} s, "
+        f"prefilled {timing.get('prefill_tokens')} rows (cached {timing.get('cached_tokens')}), "
+        f"seed {turn.seed}" + (f" -> {output}" if output is not None else "")
+    )
+
+
+# -- csm replay ---------------------------------------------------------------------------------
+
+
+@click.command("replay")
+@click.argument("db", type=EXISTING_DB)
+@click.option("--session", default="default", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Audio file to write (WAV or FLAC by extension).")
+@click.option("--pause", type=float, default=0.0, show_default=True,
+              help="Seconds of silence between turns.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Only loaded when a turn has no stored audio and must be decoded from its codes.")
+def replay(db, session, output, pause, model):
+    """Write every turn of a stored session, in order, to one audio file."""
+    _export_audio(db, session, output, pause, model)
+
+
+# -- csm sessions ... ---------------------------------------------------------------------------
+
+
+@click.group("sessions")
+def sessions():
+    """List, inspect, export and delete stored conversations."""
+
+
+@sessions.command("list")
+@click.argument("db", type=EXISTING_DB)
+def list_sessions(db):
+    """The sessions in DB with their turn counts and lengths."""
+    from storage import Store
+
+    with _user_errors(), Store(db) as store:
+        rows = store.sessions()
+    if not rows:
+        click.echo(f"{db}: no sessions")
+        return
+    width = max(len(r.name) for r in rows)
+    for row in rows:
+        click.echo(f"{row.name:<{width}}  {row.turns:4d} turns  {row.frames * 0.08:8.1f} s  "
+                   f"{row.voices} voices  created {row.created_at[:19]}")
+
+
+@sessions.command("show")
+@click.argument("db", type=EXISTING_DB)
+@click.argument("session", default="default")
+def show_session(db, session):
+    """The pinned voices and the turns of SESSION."""
+    from storage import Store
+
+    with _user_errors(), Store(db) as store:
+        info = store.session(session)
+        voices = store.voice_prompts(session)
+        turns = store.turns(session)
+    click.echo(f"session {info.name}: {info.turns} turns, {info.frames * 0.08:.1f} s, created {info.created_at[:19]}")
+    for speaker, voice in voices.items():
+        origin = voice.meta.get("voice") or voice.meta.get("ref_audio") or "clip"
+        click.echo(f"  voice  speaker {speaker}: {origin} ({voice.frames * 0.08:.1f} s) {_short(voice.text)}")
+    for turn in turns:
+        t = turn.timing
+        figures = ""
+        if turn.source == "generated":
+            figures = (f" seed {turn.seed}, ttfa {t.get('time_to_first_audio') or 0:.2f} s, "
+                       f"prefill {t.get('prefill_tokens')}/{(t.get('prefill_tokens') or 0) + (t.get('cached_tokens') or 0)}")
+        click.echo(f"  {turn.index:4d}  speaker {turn.speaker}  {turn.source:<9} {turn.frames * 0.08:5.1f} s"
+                   f"{figures}  {_short(turn.text)}")
+
+
+@sessions.command("export")
+@click.argument("db", type=EXISTING_DB)
+@click.argument("session", default="default")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help=".wav/.flac: the audio of every turn; .json: the transcript with each turn's "
+                   "parameters, seed and timings.")
+@click.option("--pause", type=float, default=0.0, show_default=True,
+              help="Seconds of silence between turns (audio only).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Only loaded when a turn has no stored audio and must be decoded from its codes.")
+def export_session(db, session, output, pause, model):
+    """Export SESSION as audio (WAV/FLAC) or as a JSON transcript."""
+    if output.suffix.lower() == ".json":
+        _export_json(db, session, output)
+    else:
+        _export_audio(db, session, output, pause, model)
+
+
+@sessions.command("delete")
+@click.argument("db", type=EXISTING_DB)
+@click.argument("session")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete_session(db, session, yes):
+    """Delete SESSION and all its turns from DB."""
+    from storage import Store
+
+    with _user_errors(), Store(db) as store:
+        info = store.session(session)
+        if not yes:
+            click.confirm(f"Delete session {session!r} ({info.turns} turns)?", abort=True)
+        store.delete_session(session)
+    click.echo(f"deleted session {session} ({info.turns} turns)")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _export_audio(db: Path, session: str, output: Path, pause: float, model: str) -> None:
+    if output.suffix.lower() not in (".wav", ".flac"):
+        raise click.UsageError(f"{output}: write .wav or .flac (or .json with `sessions export`)")
+    with _user_errors():
+        _require_session(db, session)
+        with _open(db, session, model) as conv:  # the model loads only if some turn lacks audio
+            turns = len(conv)
+            path = conv.export(output, pause_s=pause)
+    import soundfile as sf
+
+    seconds = sf.info(str(path)).duration
+    click.echo(f"{path}: {turns} turns, {seconds:.1f} s")
+
+
+def _export_json(db: Path, session: str, output: Path) -> None:
+    from storage import Store
+
+    with _user_errors(), Store(db) as store:
+        info = store.session(session)
+        voices = store.voice_prompts(session)
+        turns = store.turns(session)
+    document = {
+        "session": info.name,
+        "created_at": info.created_at,
+        "meta": info.meta,
+        "voices": [
+            {"speaker": v.speaker, "text": v.text, "frames": v.frames, "meta": v.meta}
+            for v in voices.values()
+        ],
+        "turns": [
+            {
+                "index": t.index, "speaker": t.speaker, "text": t.text, "source": t.source,
+                "frames": t.frames, "duration_s": round(t.frames * 0.08, 3), "seed": t.seed,
+                "params": t.params, "timing": t.timing, "meta": t.meta,
+                "window_start": t.window_start, "created_at": t.created_at,
+            }
+            for t in turns
+        ],
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    click.echo(f"{output}: {len(turns)} turns")
+
+
+def _write_audio(path: Path, audio) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.asarray(audio, dtype=np.float32), 24000, format=fmt, subtype="PCM_16")
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def register(group: click.Group) -> None:
+    group.add_command(say)
+    group.add_command(replay)
+    group.add_command(sessions)
