@@ -1,0 +1,311 @@
+"""The FastAPI application: OpenAI's speech endpoint, voices, and stored conversations.
+
+    create_app(model="tiny-random", db="talk.db") -> FastAPI
+
+One model, loaded at start-up on the single worker thread that then runs every generation in
+turn (worker.py). Requests queue there; a full queue answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from .audio_formats import MEDIA_TYPES, check_format, encode_audio, supported_formats
+from .backend import Backend, spool_upload
+from .errors import APIError, install_error_handlers
+from .limits import BodyLimitMiddleware
+from .names import check_name, is_safe_name
+from .responses import audio_response, run_job_result, submit
+from .schemas import SessionCreate, SpeechRequest, TurnRequest, VoicePin
+from .worker import Worker, run_on_worker
+
+log = logging.getLogger("csm.server")
+
+DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a 30 s stereo 48 kHz WAV is ~6 MB
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # JSON bodies
+
+
+@dataclass
+class ServerSettings:
+    model: str = "sesame/csm-1b"
+    db: str | Path | None = None
+    max_queue: int = 8
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    api_key: str | None = None
+
+
+class ServerState:
+    """What the routes share: settings, the worker thread and the backend living on it."""
+
+    def __init__(self, settings: ServerSettings, model=None) -> None:
+        self.settings = settings
+        self.worker = Worker(max_queue=settings.max_queue)
+        self.backend = Backend(settings.model, settings.db, model=model)
+        self.ready = False
+
+
+def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
+               max_queue: int = 8, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               api_key: str | None = None, loaded_model=None) -> FastAPI:
+    """The server application. `loaded_model` skips loading (it must not be used elsewhere)."""
+    settings = ServerSettings(model=model, db=db, max_queue=max_queue,
+                              max_upload_bytes=max_upload_bytes, api_key=api_key)
+    state = ServerState(settings, model=loaded_model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.worker.start()
+        try:
+            await run_on_worker(state.worker, state.backend.load, label="load model")
+            state.ready = True
+            log.info("model %s loaded; serving", settings.model)
+            yield
+        finally:
+            state.ready = False
+            await asyncio.get_running_loop().run_in_executor(None, state.worker.stop)
+            state.backend.close()
+
+    app = FastAPI(title="CSM speech server", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible text to speech with Sesame CSM on MLX, "
+                              "plus conversations that persist.")
+    app.state.csm = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, default_limit=DEFAULT_MAX_BODY_BYTES,
+                       limits={"/v1/voices": max_upload_bytes,
+                               "/v1/audio/voices": max_upload_bytes})
+    if api_key:
+        _require_api_key(app, api_key)
+    _add_routes(app, state)
+    return app
+
+
+def _require_api_key(app: FastAPI, api_key: str) -> None:
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if request.url.path in ("/health", "/docs", "/openapi.json"):
+            return await call_next(request)
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not secrets.compare_digest(token.encode(), api_key.encode()):
+            return APIError(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                            code="invalid_api_key", type="invalid_request_error").response()
+        return await call_next(request)
+
+
+def _generation_options(body, sample: bool = True) -> dict[str, Any]:
+    options = {"temperature": body.temperature, "top_k": body.top_k, "seed": body.seed,
+               "streaming_interval": body.streaming_interval}
+    if body.max_audio_length_ms is not None:
+        options["max_audio_length_ms"] = body.max_audio_length_ms
+    return options
+
+
+def _check_output(body) -> str:
+    try:
+        return check_format(body.response_format)
+    except ValueError as error:
+        raise APIError(400, str(error), param="response_format",
+                       code="unsupported_format") from None
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a list of routes
+    backend = state.backend
+
+    # -- service -----------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict:
+        worker = state.worker
+        return {"status": "ok" if state.ready else "starting", "model": state.settings.model,
+                "busy": worker.busy(), "queued": worker.queued(), "max_queue": worker.max_queue,
+                **worker.stats}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": state.settings.model, "object": "model",
+                                            "created": 0, "owned_by": "sesame"}]}
+
+    # -- speech ------------------------------------------------------------------------------
+    @app.post("/v1/audio/speech")
+    async def speech(body: SpeechRequest, request: Request) -> Response:
+        fmt = _check_output(body)
+        if body.speed != 1.0:
+            raise APIError(400, f"speed {body.speed} is not supported: CSM speaks at its own "
+                           "pace; send 1.0 or leave it out", param="speed",
+                           code="unsupported_value")
+        if body.instructions:
+            raise APIError(400, "instructions are not supported by CSM; pick the voice with "
+                           "`voice` (a preset or an uploaded clip)", param="instructions",
+                           code="unsupported_value")
+        try:
+            voice = body.voice_name()
+        except ValueError as error:
+            raise APIError(400, str(error), param="voice", code="invalid_value") from None
+        if voice is not None and not is_safe_name(voice):
+            raise APIError(404, f"unknown voice {voice!r}; GET /v1/voices lists them",
+                           param="voice", code="voice_not_found")
+        options = _generation_options(body)
+        streaming = body.streaming
+        job = submit(request, lambda job: backend.speech(body.input, voice, body.speaker,
+                                                         options, stream=streaming),
+                     label="speech")
+        return await audio_response(request, job, fmt, streaming=streaming,
+                                    sse=body.stream_format == "sse")
+
+    # -- voices ------------------------------------------------------------------------------
+    @app.get("/v1/voices")
+    async def list_voices(request: Request) -> dict:
+        names = (await run_job_result(request, submit(
+            request, lambda job: [backend.voice_names()], "voices")))[0]
+        return {"object": "list",
+                "data": [{"id": name, "object": "audio.voice", "name": name} for name in names]}
+
+    async def create_voice(request: Request) -> JSONResponse:
+        async with request.form(max_files=1, max_fields=8) as form:
+            name = form.get("name")
+            transcript = form.get("transcript") or form.get("text") or form.get("ref_text")
+            upload = form.get("audio") or form.get("file") or form.get("audio_sample")
+            if not isinstance(name, str) or not name:
+                raise APIError(400, "give the voice a `name`", param="name",
+                               code="missing_field")
+            check_name(name, "voice", "name")
+            if upload is None or isinstance(upload, str):
+                raise APIError(400, "attach the voice clip as the file field `audio`",
+                               param="audio", code="missing_field")
+            if not isinstance(transcript, str) or not transcript.strip():
+                raise APIError(400, "give the `transcript` of the clip (what is said in it)",
+                               param="transcript", code="missing_field")
+            data = await upload.read()
+            suffix = Path(upload.filename or "").suffix.lower()
+            if not suffix.isascii() or len(suffix) > 8 or not suffix[1:].isalnum():
+                suffix = ""
+        if not data:
+            raise APIError(400, "the uploaded clip is empty", param="audio", code="invalid_audio")
+        path = spool_upload(data, suffix)
+
+        def register(job):
+            try:
+                if name in backend.voice_names():
+                    raise APIError(409, f"a voice named {name!r} already exists; pick another "
+                                   "name", param="name", code="voice_exists")
+                yield backend.register_voice(name, path, transcript.strip())
+            finally:
+                path.unlink(missing_ok=True)
+
+        info = (await run_job_result(request, submit(request, register, "register voice")))[0]
+        return JSONResponse({"id": name, "object": "audio.voice", "name": name,
+                             "type": "audio_sample", "transcript": transcript.strip(),
+                             "duration_s": info["duration_s"]}, status_code=201)
+
+    app.post("/v1/voices", status_code=201)(create_voice)
+    app.post("/v1/audio/voices", status_code=201, include_in_schema=False)(create_voice)
+
+    # -- sessions ----------------------------------------------------------------------------
+    def store():
+        if backend.store is None:
+            raise APIError(404, "this server keeps no sessions (start it with --db FILE)",
+                           code="sessions_disabled")
+        return backend.store
+
+    def session_json(info) -> dict:
+        return {"id": info.name, "object": "session", "created_at": info.created_at,
+                "turns": info.turns, "duration_s": round(info.frames * 0.08, 2),
+                "voices": info.voices, "meta": info.meta}
+
+    def session_name(session_id: str) -> str:
+        if not is_safe_name(session_id) or not store().has_session(session_id):
+            raise APIError(404, f"no session {session_id!r}; create it with POST /v1/sessions",
+                           param="session_id", code="session_not_found")
+        return session_id
+
+    @app.post("/v1/sessions", status_code=201)
+    async def create_session(body: SessionCreate, request: Request) -> dict:
+        store()
+        name = body.id or f"session-{secrets.token_hex(4)}"
+        check_name(name, "session", "id")
+        await run_job_result(request, submit(
+            request, lambda job: [backend.create_session(name, body.voices, body.meta)],
+            "create session"))
+        return session_json(store().session(name))
+
+    @app.get("/v1/sessions")
+    def list_sessions() -> dict:
+        return {"object": "list", "data": [session_json(info) for info in store().sessions()]}
+
+    @app.get("/v1/sessions/{session_id}")
+    def show_session(session_id: str) -> dict:
+        name = session_name(session_id)
+        s = store()
+        out = session_json(s.session(name))
+        out["voice_prompts"] = [{"speaker": p.speaker, "text": p.text,
+                                 "voice": (p.meta or {}).get("voice")}
+                                for p in s.voice_prompts(name).values()]
+        out["turns"] = [{"index": t.index, "speaker": t.speaker, "text": t.text,
+                         "source": t.source, "duration_s": round(t.frames * 0.08, 2),
+                         "seed": t.seed, "params": t.params, "created_at": t.created_at}
+                        for t in s.turns(name)]
+        return out
+
+    @app.delete("/v1/sessions/{session_id}")
+    async def delete_session(session_id: str, request: Request) -> dict:
+        name = session_name(session_id)
+        await run_job_result(request, submit(
+            request, lambda job: [backend.delete_session(name)], "delete session"))
+        return {"id": name, "object": "session", "deleted": True}
+
+    @app.post("/v1/sessions/{session_id}/voices")
+    async def pin_voice(session_id: str, body: VoicePin, request: Request) -> dict:
+        name = session_name(session_id)
+        await run_job_result(request, submit(
+            request, lambda job: [backend.pin_voice(name, body.speaker, body.voice)],
+            "pin voice"))
+        return show_session(name)
+
+    @app.post("/v1/sessions/{session_id}/turns")
+    async def add_turn(session_id: str, body: TurnRequest, request: Request) -> Response:
+        name = session_name(session_id)
+        fmt = _check_output(body)
+        options = _generation_options(body)
+        streaming = body.streaming
+        job = submit(request, lambda job: backend.turn(name, body.speaker, body.input, options,
+                                                       stream=streaming), "turn")
+        return await audio_response(request, job, fmt, streaming=streaming,
+                                    sse=body.stream_format == "sse",
+                                    headers={"X-CSM-Session": name})
+
+    @app.delete("/v1/sessions/{session_id}/turns/last")
+    async def undo_turn(session_id: str, request: Request) -> dict:
+        name = session_name(session_id)
+        removed = (await run_job_result(request, submit(
+            request, lambda job: [backend.undo(name)], "undo")))[0]
+        if removed is None:
+            raise APIError(404, f"session {name!r} has no turns to remove",
+                           param="session_id", code="no_turns")
+        return {"removed": removed, **session_json(store().session(name))}
+
+    @app.get("/v1/sessions/{session_id}/audio")
+    async def session_audio(session_id: str, request: Request, response_format: str = "wav",
+                            pause_s: float = 0.0) -> Response:
+        name = session_name(session_id)
+        try:
+            fmt = check_format(response_format)
+        except ValueError as error:
+            raise APIError(400, str(error), param="response_format",
+                           code="unsupported_format") from None
+        if not 0.0 <= pause_s <= 10.0:
+            raise APIError(400, "pause_s must be between 0 and 10 seconds", param="pause_s",
+                           code="invalid_value")
+        (audio,) = await run_job_result(request, submit(
+            request, lambda job: [backend.session_audio(name, pause_s)], "session audio"))
+        return Response(encode_audio(audio, fmt), media_type=MEDIA_TYPES[fmt],
+                        headers={"X-CSM-Session": name})
+
+    app.state.supported_formats = supported_formats()

@@ -1,0 +1,212 @@
+"""The model side of the server. Every method here runs on the worker thread (see worker.py).
+
+It owns the one loaded model, the conversation database handle and the open Conversations, and
+turns engine results into plain numpy chunks before they leave the thread, so no MLX array is
+ever touched by the HTTP side.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import APIError
+
+
+@dataclass
+class AudioChunk:
+    """One piece of generated audio, already numpy, plus what the response headers report."""
+
+    audio: np.ndarray  # (samples,) float32, 24 kHz
+    seed: int | None = None
+    frames: int = 0  # Mimi frames in this chunk
+    prompt_tokens: int = 0  # backbone positions of the prompt (prefilled + reused)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _chunk_from_result(result) -> AudioChunk:
+    audio = np.asarray(result.audio, dtype=np.float32).reshape(-1)  # MLX -> numpy, here
+    codes = getattr(result, "codes", None)
+    frames = int(codes.shape[0]) if codes is not None and getattr(codes, "ndim", 0) == 2 else 0
+    prompt = int(getattr(result, "prefill_tokens", 0) or 0) + int(
+        getattr(result, "cached_tokens", 0) or 0)
+    return AudioChunk(audio=audio, seed=getattr(result, "seed", None), frames=frames,
+                      prompt_tokens=prompt)
+
+
+class Backend:
+    """Model, store and conversations; used only from the worker thread."""
+
+    def __init__(self, model_name: str, db_path: str | Path | None, model=None) -> None:
+        self.model_name = model_name
+        self.db_path = Path(db_path) if db_path is not None else None
+        self.model = model
+        self.store = None
+        self._conversations: dict[str, Any] = {}
+
+    # -- start-up ----------------------------------------------------------------------------
+    def load(self) -> None:
+        if self.model is None:
+            from engine import load_model
+
+            self.model = load_model(self.model_name)
+        if self.db_path is not None:
+            self.store = self.open_store()
+
+    def open_store(self):
+        from storage import Store
+
+        return Store(self.db_path)
+
+    def close(self) -> None:
+        self._conversations.clear()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    @property
+    def sample_rate(self) -> int:
+        return int(getattr(self.model, "sample_rate", 0) or getattr(
+            getattr(self.model, "codec", None), "sample_rate", 24_000))
+
+    # -- voices ------------------------------------------------------------------------------
+    def voice_names(self) -> list[str]:
+        return sorted(self.model.voices.names())
+
+    def check_voice(self, name: str | None, param: str = "voice") -> None:
+        if name is None:
+            return
+        known = self.voice_names()
+        if name not in known:
+            raise APIError(404, f"unknown voice {name!r}; known voices: {', '.join(known) or 'none'}"
+                           " (add one with POST /v1/voices)", param=param, code="voice_not_found")
+
+    def register_voice(self, name: str, audio_path: Path, transcript: str) -> dict:
+        """Validate the clip (real, readable audio) and register it under `name`."""
+        from engine.audio import load_audio
+        from engine.errors import AudioError
+
+        audio = load_audio(str(audio_path))  # AudioError for anything that is not audio
+        if audio.size == 0 or not np.isfinite(audio).all():
+            raise AudioError("the uploaded clip has no usable samples; upload a recording")
+        self.model.voices.register(name, audio, transcript)
+        return {"name": name, "duration_s": round(audio.size / 24_000, 3)}
+
+    # -- one-off speech ----------------------------------------------------------------------
+    def speech(self, text: str, voice: str | None, speaker: int, options: dict,
+               stream: bool) -> Iterator[AudioChunk]:
+        self.check_voice(voice)
+        kwargs = dict(text=text, speaker=speaker, stream=stream, **options)
+        if voice is not None:
+            kwargs["voice"] = voice
+        for result in self.model.generate(**kwargs):
+            yield _chunk_from_result(result)
+
+    # -- sessions ----------------------------------------------------------------------------
+    def _require_store(self):
+        if self.store is None:
+            raise APIError(404, "this server keeps no sessions (start it with --db FILE)",
+                           code="sessions_disabled")
+        return self.store
+
+    def conversation(self, session: str, create: bool = False):
+        from dialogue.conversation import Conversation
+
+        store = self._require_store()
+        conv = self._conversations.get(session)
+        if conv is not None and store.has_session(session):
+            return conv
+        self._conversations.pop(session, None)
+        if not create and not store.has_session(session):
+            raise APIError(404, f"no session {session!r}; create it with POST /v1/sessions",
+                           param="session_id", code="session_not_found")
+        conv = Conversation.open(store, session=session, model=self.model)
+        self._conversations[session] = conv
+        return conv
+
+    def create_session(self, session: str, voices: dict[int, str], meta: dict) -> None:
+        store = self._require_store()
+        if store.has_session(session):
+            raise APIError(409, f"session {session!r} already exists", param="id",
+                           code="session_exists")
+        for speaker, voice in voices.items():
+            self.check_voice(voice, param=f"voices.{speaker}")
+        conv = self.conversation(session, create=True)
+        if meta:
+            store.update_session_meta(session, meta)
+        for speaker, voice in sorted(voices.items()):
+            conv.set_voice(speaker, voice=voice)
+
+    def pin_voice(self, session: str, speaker: int, voice: str) -> None:
+        self.check_voice(voice)
+        self.conversation(session).set_voice(speaker, voice=voice)
+
+    def delete_session(self, session: str) -> int:
+        store = self._require_store()
+        self._conversations.pop(session, None)
+        if not store.has_session(session):
+            raise APIError(404, f"no session {session!r}", param="session_id",
+                           code="session_not_found")
+        return store.delete_session(session)
+
+    def undo(self, session: str) -> dict | None:
+        segment = self.conversation(session).undo()
+        if segment is None:
+            return None
+        return {"speaker": int(segment.speaker), "text": segment.text}
+
+    def turn(self, session: str, speaker: int, text: str, options: dict,
+             stream: bool) -> Iterator[AudioChunk]:
+        """The next turn; stored by the Conversation only once it completes."""
+        conv = self.conversation(session)
+        options = dict(options)
+        interval = options.pop("streaming_interval", None)
+        if not stream:
+            segment = conv.say(speaker, text, **options)
+            chunk = AudioChunk(audio=np.asarray(self._segment_audio(segment), np.float32))
+            last = conv.turns[-1] if conv.turns else None
+            chunk.seed = getattr(last, "seed", None) or _seed_of(last)
+            chunk.frames = int(segment.codes.shape[0]) if segment.codes is not None else 0
+            chunk.info["turn_index"] = len(conv.turns) - 1
+            yield chunk
+            return
+        index = len(conv.turns)
+        stream_options = dict(options)
+        if interval is not None:
+            stream_options["streaming_interval"] = interval
+        try:
+            results = conv.say_stream(speaker, text, **stream_options)
+        except TypeError:  # a say_stream without streaming_interval
+            results = conv.say_stream(speaker, text, **options)
+        for result in results:
+            chunk = _chunk_from_result(result)
+            chunk.info["turn_index"] = index
+            yield chunk
+
+    def _segment_audio(self, segment) -> np.ndarray:
+        if segment.audio is not None:
+            return np.asarray(segment.audio, dtype=np.float32).reshape(-1)
+        return np.asarray(self.model.decode(segment.codes), dtype=np.float32).reshape(-1)
+
+    def session_audio(self, session: str, pause_s: float) -> np.ndarray:
+        audio = self.conversation(session).audio(pause_s=pause_s)
+        return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+
+def _seed_of(turn) -> int | None:
+    if turn is None:
+        return None
+    params = getattr(turn, "params", None) or {}
+    return params.get("seed")
+
+
+def spool_upload(data: bytes, suffix: str = "") -> Path:
+    """Write uploaded bytes to a temporary file (audio readers want a path)."""
+    handle = tempfile.NamedTemporaryFile(prefix="csm-upload-", suffix=suffix, delete=False)
+    with handle:
+        handle.write(data)
+    return Path(handle.name)
