@@ -167,22 +167,15 @@ class Backend:
         interval = options.pop("streaming_interval", None)
         if not stream:
             segment = conv.say(speaker, text, **options)
-            chunk = AudioChunk(audio=np.asarray(self._segment_audio(segment), np.float32))
-            last = conv.turns[-1] if conv.turns else None
-            chunk.seed = getattr(last, "seed", None) or _seed_of(last)
-            chunk.frames = int(segment.codes.shape[0]) if segment.codes is not None else 0
-            chunk.info["turn_index"] = len(conv.turns) - 1
-            yield chunk
+            turn = conv.turns[-1]
+            yield AudioChunk(audio=self._segment_audio(segment), seed=turn.seed,
+                             frames=int(segment.codes.shape[0]),
+                             info={"turn_index": turn.index})
             return
         index = len(conv.turns)
-        stream_options = dict(options)
         if interval is not None:
-            stream_options["streaming_interval"] = interval
-        try:
-            results = conv.say_stream(speaker, text, **stream_options)
-        except TypeError:  # a say_stream without streaming_interval
-            results = conv.say_stream(speaker, text, **options)
-        for result in results:
+            options["streaming_interval"] = interval
+        for result in conv.say_stream(speaker, text, **options):
             chunk = _chunk_from_result(result)
             chunk.info["turn_index"] = index
             yield chunk
@@ -195,13 +188,6 @@ class Backend:
     def session_audio(self, session: str, pause_s: float) -> np.ndarray:
         audio = self.conversation(session).audio(pause_s=pause_s)
         return np.asarray(audio, dtype=np.float32).reshape(-1)
-
-
-def _seed_of(turn) -> int | None:
-    if turn is None:
-        return None
-    params = getattr(turn, "params", None) or {}
-    return params.get("seed")
 
 
 def spool_upload(data: bytes, suffix: str = "") -> Path:
