@@ -1,0 +1,270 @@
+"""Audio in and out: read any common file or array as 24 kHz mono float32, write WAV / FLAC.
+
+`load_audio(source, sample_rate=None)`
+    source: a path (str / Path), raw file bytes, a binary file object, or an array.
+    Files are read with soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...).
+    Arrays (numpy or mlx) may be
+        1-D (samples,)                                  mono
+        2-D (channels, samples) or (samples, channels)  the short axis (at most 8) is channels
+    float arrays are taken as samples in [-1, 1]; int16 / int32 / int8 / uint8 PCM is scaled.
+    `sample_rate` is the rate of an ARRAY source (default 24000); files carry their own rate.
+    Channels are averaged to mono and the result resampled to 24 kHz with soxr (HQ).
+    Problems that make cloning worse but still work (a source rate below 16 kHz, samples beyond
+    [-1, 1], a silent clip) are reported with `warnings.warn(..., AudioQualityWarning)`.
+    Anything unreadable is an `AudioError` that names the source and what works.
+
+`save_audio(path, audio, sample_rate=24000)`
+    `.wav` or `.flac` by extension; 16-bit PCM by default (the most widely playable; float input
+    is clipped to [-1, 1] first). `subtype="FLOAT"` writes 32-bit float WAV (lossless round trip).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import AudioError
+
+SAMPLE_RATE = 24_000
+FRAME_SIZE = 1920  # Mimi samples per frame at 24 kHz (12.5 frames a second)
+MIN_GOOD_RATE = 16_000
+READABLE = "WAV, FLAC, OGG (Vorbis/Opus), MP3, AIFF and the other formats libsndfile reads"
+WRITABLE = {".wav": "WAV", ".flac": "FLAC"}
+_MAX_CHANNELS = 8
+
+
+class AudioQualityWarning(UserWarning):
+    """The audio was usable but something about it will make the result worse."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, AudioQualityWarning, stacklevel=4)  # the caller of load_audio
+
+
+# ------------------------------------------------------------------------------------ arrays
+
+def _as_numpy(audio) -> np.ndarray:
+    if isinstance(audio, np.ndarray):
+        return audio
+    if type(audio).__module__.startswith("mlx"):
+        import mlx.core as mx
+
+        if audio.dtype == mx.bfloat16:
+            audio = audio.astype(mx.float32)
+        return np.array(audio)
+    try:
+        return np.asarray(audio)
+    except Exception as exc:
+        raise AudioError(f"Cannot use a {type(audio).__name__} as audio samples") from exc
+
+
+def _to_float(samples: np.ndarray, what: str) -> np.ndarray:
+    dtype = samples.dtype
+    if np.issubdtype(dtype, np.floating):
+        return samples.astype(np.float32, copy=False)
+    scales = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0}
+    if dtype in scales:
+        return (samples.astype(np.float64) / scales[dtype]).astype(np.float32)
+    if dtype == np.uint8:
+        return ((samples.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    raise AudioError(
+        f"{what} has samples of type {dtype}; give float samples in [-1, 1] or int16/int32 PCM"
+    )
+
+
+def _channels_last(samples: np.ndarray, what: str) -> np.ndarray:
+    """(samples,) / (channels, samples) / (samples, channels) -> (samples, channels)."""
+    if samples.ndim > 2:
+        squeezed = np.squeeze(samples)
+        if squeezed.ndim > 2 or squeezed.ndim == 0:
+            raise AudioError(f"{what} has shape {samples.shape}; give (samples,) or (channels, samples)")
+        samples = squeezed
+    if samples.ndim == 1:
+        return samples[:, None]
+    if samples.ndim == 0:
+        raise AudioError(f"{what} is a single number, not audio samples")
+    rows, cols = samples.shape
+    if rows <= _MAX_CHANNELS and cols > rows:
+        return samples.T
+    if cols <= _MAX_CHANNELS:
+        return samples
+    raise AudioError(
+        f"{what} has shape {samples.shape}: cannot tell channels from samples; give (samples,) "
+        f"mono or (channels, samples) with at most {_MAX_CHANNELS} channels"
+    )
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """(samples, channels) -> (samples,) by averaging the channels."""
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample 1-D float audio with soxr at high quality (no-op when the rates match)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if int(from_rate) == int(to_rate):
+        return audio
+    import soxr
+
+    return np.ascontiguousarray(soxr.resample(audio, int(from_rate), int(to_rate), quality="HQ"), np.float32)
+
+
+def _finish(samples: np.ndarray, rate: int, target_rate: int, what: str) -> np.ndarray:
+    """(samples, channels) float at `rate` -> checked 1-D float32 at `target_rate`."""
+    if samples.shape[0] == 0:
+        raise AudioError(f"{what} holds no audio samples")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(f"{what} contains NaN or infinite samples")
+    mono = to_mono(samples)
+    peak = float(np.max(np.abs(mono)))
+    if peak > 1.0:
+        _warn(
+            f"{what} has samples up to {peak:.2f}, beyond [-1, 1]; scaled down to fit "
+            "(float audio should lie in [-1, 1])"
+        )
+        mono = mono / peak
+    elif peak < 1e-4:
+        _warn(f"{what} is silent (peak {peak:.1e}); a voice cannot be learnt from silence")
+    if rate < MIN_GOOD_RATE:
+        _warn(
+            f"{what} is sampled at {rate} Hz, below {MIN_GOOD_RATE // 1000} kHz: it is upsampled "
+            f"to {target_rate // 1000} kHz, but the high frequencies it lacks stay missing, so "
+            "speech cloned from it sounds muffled. Use a 24 kHz (or 16 kHz+) recording if you can."
+        )
+    return np.ascontiguousarray(resample(mono, rate, target_rate), dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------- files
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"audio file {os.fspath(source)!r}"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"audio data ({len(source)} bytes)"
+    return "audio stream"
+
+
+def _read_file(source):
+    import soundfile as sf
+
+    what = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise AudioError(f"Audio file not found: {os.fspath(source)!r}")
+        if path.is_dir():
+            raise AudioError(f"{os.fspath(source)!r} is a folder, not an audio file")
+        target = str(path)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        target = io.BytesIO(bytes(source))
+    else:
+        target = source
+    try:
+        samples, rate = sf.read(target, dtype="float32", always_2d=True)  # (samples, channels)
+    except Exception as exc:
+        raise AudioError(
+            f"Could not read {what}: {exc}. Readable formats: {READABLE}."
+        ) from exc
+    return samples, int(rate), what
+
+
+def load_audio(source, sample_rate: int | None = None, *, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Audio from a file path, bytes, file object or array -> 1-D float32 at `target_rate` (24 kHz).
+
+    See the module docstring for the accepted shapes, the warnings, and the errors.
+    """
+    if sample_rate is not None and (
+        isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0
+    ):
+        raise AudioError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
+    if source is None:
+        raise AudioError("No audio given (got None)")
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(source, "read"):
+        samples, rate, what = _read_file(source)
+        if sample_rate is not None and int(sample_rate) != rate:
+            raise AudioError(
+                f"{what} is sampled at {rate} Hz but sample_rate={sample_rate} was given; "
+                "sample_rate describes arrays only (files carry their own rate)"
+            )
+        return _finish(samples, rate, target_rate, what)
+    what = "audio array"
+    samples = _to_float(_channels_last(_as_numpy(source), what), what)
+    return _finish(samples, int(sample_rate or SAMPLE_RATE), target_rate, what)
+
+
+def _pcm_ready(audio, what: str) -> np.ndarray:
+    samples = _as_numpy(audio)
+    if samples.ndim != 1:
+        samples = np.squeeze(samples)
+    if samples.ndim != 1:
+        raise AudioError(f"{what}: expected 1-D mono samples, got shape {samples.shape}")
+    samples = _to_float(samples, what)
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(f"{what} contains NaN or infinite samples")
+    return samples
+
+
+def save_audio(path, audio, sample_rate: int = SAMPLE_RATE, *, subtype: str | None = None) -> Path:
+    """Write 1-D audio to `path` as WAV or FLAC (by extension); returns the path.
+
+    16-bit PCM by default, float input clipped to [-1, 1]. `subtype="FLOAT"` keeps 32-bit floats
+    (WAV only). Parent folders are created.
+    """
+    import soundfile as sf
+
+    path = Path(path).expanduser()
+    fmt = WRITABLE.get(path.suffix.lower())
+    if fmt is None:
+        raise AudioError(
+            f"Cannot write {str(path)!r}: use a .wav or .flac file name "
+            f"(got {path.suffix or 'no extension'!r})"
+        )
+    subtype = (subtype or "PCM_16").upper()
+    if fmt == "FLAC" and subtype not in ("PCM_16", "PCM_24"):
+        raise AudioError(f"FLAC stores 16- or 24-bit PCM, not {subtype}; write a .wav for float")
+    samples = _pcm_ready(audio, f"audio for {path.name}")
+    if subtype.startswith("PCM"):
+        samples = np.clip(samples, -1.0, 1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, int(sample_rate), format=fmt, subtype=subtype)
+    return path
+
+
+def audio_to_bytes(audio, sample_rate: int = SAMPLE_RATE, format: str = "wav") -> bytes:
+    """Encode 1-D audio as WAV or FLAC bytes (16-bit PCM), e.g. for an HTTP response or a blob."""
+    import soundfile as sf
+
+    fmt = WRITABLE.get("." + format.lower().lstrip("."))
+    if fmt is None:
+        raise AudioError(f"Cannot encode audio as {format!r}: use 'wav' or 'flac'")
+    samples = np.clip(_pcm_ready(audio, "audio"), -1.0, 1.0)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, int(sample_rate), format=fmt, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------- durations
+
+def duration_seconds(audio_or_samples, sample_rate: int = SAMPLE_RATE) -> float:
+    """Seconds of 1-D audio (or of a number of samples) at `sample_rate`."""
+    n = audio_or_samples if isinstance(audio_or_samples, (int, np.integer)) else len(_as_numpy(audio_or_samples))
+    return int(n) / float(sample_rate)
+
+
+def frames_for_samples(num_samples: int, frame_size: int = FRAME_SIZE) -> int:
+    """Mimi frames that `num_samples` samples at 24 kHz encode to (the last one partial)."""
+    return math.ceil(int(num_samples) / frame_size)
+
+
+def samples_for_frames(num_frames: int, frame_size: int = FRAME_SIZE) -> int:
+    """Samples that `num_frames` Mimi frames decode to at 24 kHz."""
+    return int(num_frames) * frame_size
