@@ -15,7 +15,9 @@ layouts by their config and key names and maps them onto our parameter names (ml
 3. MLX community (mlx-audio): our own names, with or without a `model.` prefix, optionally
    quantized (`.scales` / `.biases` and a `quantization: {group_size, bits}` config entry).
 
-Missing, unexpected or misshapen keys raise WeightsError naming them.
+Key names and config form are detected separately: a folder written by engine.quantize has our key
+names and the transformers config it came from. Missing, unexpected or misshapen keys raise
+WeightsError naming them (in the checkpoint's own spelling).
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ class CodecSource:
 
     weights: transformers MimiModel tensors (the `codec_model.` prefix removed) with `config`, the
              checkpoint's `codec_config` dict (transformers MimiConfig fields);
-    file:    a Kyutai-layout Mimi safetensors file (the original moshi names).
+    file:    what engine.mimi.load_mimi reads: a Kyutai-layout Mimi file (the public fallback), or a
+             folder holding a codec (`codec/` beside the weights, as engine.testing writes for the
+             Sesame and MLX layouts).
     """
 
     weights: dict[str, mx.array] | None = None
@@ -133,23 +137,41 @@ class CodecSource:
     file: Path | None = None
 
 
+CODEC_FOLDER = "codec"
+
+
 def codec_source(path: str | Path) -> CodecSource:
-    """The codec for a model folder: `codec_model.*` inside a transformers checkpoint, else a Kyutai
-    Mimi file in the folder, else the public one (kyutai/moshiko-pytorch-bf16)."""
+    """The codec for a model folder, in order: `codec_model.*` inside the checkpoint (transformers),
+    a `codec/` folder, a Kyutai Mimi file in the folder, else the public one (kyutai/moshiko-pytorch-bf16)."""
     path = Path(path)
     config = _read_config(path)
     weights = {}
     for f in _weight_files(path):
-        weights.update({k[len("codec_model."):]: v for k, v in mx.load(str(f)).items()
-                        if k.startswith("codec_model.")})
+        if any(k.startswith("codec_model.") for k in safetensors_keys(f)):
+            weights.update({k[len("codec_model."):]: v for k, v in mx.load(str(f)).items()
+                            if k.startswith("codec_model.")})
     if weights:
         if "codec_config" not in config:
             raise WeightsError(f"{path}: the checkpoint has codec_model.* weights but config.json has no codec_config")
         return CodecSource(weights=weights, config=config["codec_config"])
-    local = path / CODEC_FALLBACK_FILE
-    if local.is_file():
-        return CodecSource(file=local)
+    if (path / CODEC_FOLDER).is_dir():
+        return CodecSource(file=path / CODEC_FOLDER)
+    if (path / CODEC_FALLBACK_FILE).is_file():
+        return CodecSource(file=path / CODEC_FALLBACK_FILE)
     return CodecSource(file=_hub_file(CODEC_FALLBACK_REPO, CODEC_FALLBACK_FILE))
+
+
+def safetensors_keys(file: str | Path) -> list[str]:
+    """Tensor names of a safetensors file, from its header alone (nothing else is read)."""
+    try:
+        with open(file, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 1 << 30:
+                raise ValueError("bad header size")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"{file} is not a readable safetensors file: {err}") from err
+    return [k for k in header if k != "__metadata__"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,19 +217,27 @@ def _read_weights(path: Path) -> dict[str, mx.array]:
 
 
 def detect_layout(config: dict, keys) -> str:
-    """'sesame' | 'transformers' | 'mlx' from the config and the key names."""
-    keys = list(keys)
-    if any(k.startswith("backbone_model.") for k in keys) or config.get("model_type") == "csm" and \
-            "depth_decoder_config" in config:
+    """How the weights are named: 'transformers' | 'sesame' | 'mlx' (ours, maybe under `model.`)."""
+    keys = [k for k in keys if not k.startswith("codec_model.")]
+    if any(k.startswith("backbone_model.") or k.startswith("depth_decoder.") for k in keys):
         return "transformers"
-    if "backbone_flavor" in config:
-        if any(".attn." in k or k.endswith(".scale") for k in keys):
-            return "sesame"
+    if any(".attn." in k or k.endswith(".scale") for k in keys):
+        return "sesame"
+    if any(re.match(r"(model\.)?(backbone|decoder)\.layers\.", k) for k in keys):
         return "mlx"
-    raise WeightsError(
-        "unknown checkpoint layout: config.json has neither backbone_flavor (Sesame / MLX community) "
-        "nor model_type 'csm' with a depth_decoder_config (transformers)"
-    )
+    raise WeightsError("unknown checkpoint layout: the weights are named neither as Sesame's "
+                       "(backbone.layers.N.attn.*), transformers' (backbone_model.*) nor MLX community's "
+                       "(backbone.layers.N.self_attn.*)")
+
+
+def config_form(config: dict) -> str:
+    """How config.json gives the hyperparameters: 'flavors' (Sesame / MLX community) or 'transformers'."""
+    if "backbone_flavor" in config:
+        return "flavors"
+    if "depth_decoder_config" in config:
+        return "transformers"
+    raise WeightsError("unknown config.json: it has neither backbone_flavor / decoder_flavor (Sesame, MLX "
+                       "community) nor a depth_decoder_config (transformers, model_type 'csm')")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +321,9 @@ def _sesame_config(config: dict) -> CSMConfig:
     )
 
 
-def csm_config_from(config: dict, layout: str) -> CSMConfig:
-    return _transformers_config(config) if layout == "transformers" else _sesame_config(config)
+def csm_config_from(config: dict) -> CSMConfig:
+    """Our hyperparameters from either form of config.json."""
+    return _transformers_config(config) if config_form(config) == "transformers" else _sesame_config(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +404,8 @@ def _map_names(weights: dict, layout: str) -> tuple[dict, dict]:
     rename = _sesame_name if layout == "sesame" else (lambda k: k[len("model."):] if k.startswith("model.") else k)
     out, source = {}, {}
     for key, value in weights.items():
+        if key.startswith("codec_model."):
+            continue  # a codec stored beside the network (e.g. by engine.quantize), read by codec_source
         name = rename(key)
         out[name] = value
         source[name] = key
@@ -422,9 +455,9 @@ def _quantization(config: dict) -> dict | None:
     return q
 
 
-def build_csm(config: dict, layout: str, weight_names=()) -> CSM:
+def build_csm(config: dict, weight_names=()) -> CSM:
     """An (uninitialised) CSM for this config, quantized where the checkpoint is."""
-    model = CSM(csm_config_from(config, layout))
+    model = CSM(csm_config_from(config))
     q = _quantization(config)
     if q:
         names = set(weight_names)
@@ -445,7 +478,7 @@ def load_csm(path: str | Path, dtype=None) -> CSM:
     config = _read_config(path)
     raw = _read_weights(path)
     layout = detect_layout(config, raw.keys())
-    model = build_csm(config, layout, raw.keys())
+    model = build_csm(config, raw.keys())
     weights, source = _map_names(raw, layout)
     check_weights(model, weights, source, layout, where=str(path))
     if layout == "transformers":
@@ -475,5 +508,5 @@ def check_weights(model: CSM, weights: dict, source: dict, layout: str, where: s
         problems.append("wrong shapes: " + _listing(
             [f"{source[k]} {tuple(weights[k].shape)} (expected {tuple(expected[k].shape)})" for k in misshapen]))
     if problems:
-        raise WeightsError(f"{where} does not match the {layout} layout its config.json describes: "
+        raise WeightsError(f"{where} does not match its config.json ({layout} key names): "
                            + "; ".join(problems))
