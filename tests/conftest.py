@@ -1,4 +1,29 @@
-import os
+"""Shared test setup: no network, no user caches, and the tiny models every part tests with."""
 
-# Tests never touch the network or the user's caches.
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network or the user's caches. Set before anything imports huggingface_hub
+# (it reads HF_HUB_OFFLINE once) or engine (which reads CSM_HOME when it builds things).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_CSM_HOME = Path(tempfile.mkdtemp(prefix="csm-home-tests-"))
+os.environ["CSM_HOME"] = str(_CSM_HOME)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def csm_home() -> Path:
+    """This session's $CSM_HOME (a fresh temporary folder), removed at the end."""
+    yield _CSM_HOME
+    shutil.rmtree(_CSM_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(csm_home) -> Path:
+    """The tiny random model in the transformers layout ($CSM_HOME/tiny-random, built once)."""
+    from engine.testing import tiny_random_path
+
+    return tiny_random_path()
