@@ -181,6 +181,24 @@ def sesame_config(config: CsmConfig) -> dict:
     }
 
 
+def rope_references() -> dict[str, np.ndarray]:
+    """transformers' llama3 inverse frequencies for the published (full-size) configs and a few others."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cases = {
+        "rope_backbone_hd64": CsmConfig(hidden_size=2048, num_attention_heads=32, rope_parameters=BACKBONE_ROPE),
+        "rope_decoder_hd128": CsmDepthDecoderConfig(hidden_size=1024, num_attention_heads=8,
+                                                    rope_parameters=DECODER_ROPE),
+        "rope_sesame_hd64": CsmConfig(hidden_size=2048, num_attention_heads=32,
+                                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, **SESAME_ROPE}),
+        "rope_tiny_hd8": CsmConfig(hidden_size=32, num_attention_heads=4, rope_parameters=BACKBONE_ROPE),
+        "rope_theta1e4_hd32": CsmConfig(hidden_size=256, num_attention_heads=8, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    }
+    return {name: ROPE_INIT_FUNCTIONS["llama3"](cfg)[0].numpy() for name, cfg in cases.items()}
+
+
 def main() -> None:
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
@@ -236,6 +254,10 @@ def main() -> None:
         tf_hidden=tf_hidden.numpy(), tf_codes=tf_codes.numpy().astype(np.int32), tf_logits=tf_logits.numpy(),
         greedy_frames=frames.numpy().astype(np.int32), greedy_c0_logits=greedy_c0_logits.numpy(),
         greedy_frame_logits=tf_all.numpy(),
+        # the models' own RoPE tables, and transformers' llama3 formula on other configs
+        rope_model_backbone=model.backbone_model.rotary_emb.inv_freq.numpy(),
+        rope_model_decoder=model.depth_decoder.model.rotary_emb.inv_freq.numpy(),
+        **rope_references(),
     )
     print(f"prompt rows {T}, greedy frames {tuple(frames.shape)}, smallest top-1/top-2 logit gap in the "
           f"greedy decisions {min_margin:.4f}")
