@@ -263,6 +263,8 @@ def _times(text: str) -> str:
     def with_minutes(m: re.Match) -> str:
         hour, minute = int(m.group(1)), int(m.group(2))
         meridiem = m.group(4)
+        if m.group(3) is not None:  # h:mm:ss is a duration or a timestamp: leave it alone
+            return m.group(0)
         if hour > 23 or minute > 59 or (meridiem and not 1 <= hour <= 12):
             return m.group(0)
         stop = "." if m.group(5) else ""

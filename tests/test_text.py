@@ -169,6 +169,15 @@ def test_normalize_never_eats_words(text):
         assert word in out, (word, out)
 
 
+@pytest.mark.parametrize(
+    "text, kept",
+    [("ran 1:30:15 today", "fifteen"), ("v1.2.3", "v1.2.3"), ("192.168.0.1", "192.168.0.1"),
+     ("at 24:00", "twenty-four"), ("12/25/2024", "twenty-five")],
+)
+def test_normalize_never_drops_numbers(text, kept):
+    assert kept in normalize_text(text)
+
+
 def test_plain_text_is_unchanged():
     text = "The quick brown fox jumps over the lazy dog."
     assert normalize_text(text) == text
