@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.errors import InputError, WeightsError
@@ -113,9 +114,9 @@ class TextTokenizer:
 
     def encode_segment(self, speaker: int, text: str) -> list[int]:
         """Ids of one CSM text segment: BOS + tokens("[speaker]text") + EOS."""
-        if isinstance(speaker, bool) or not isinstance(speaker, int) or speaker < 0:
+        if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or speaker < 0:
             raise InputError(f"speaker must be a non-negative int, got {speaker!r}")
-        return [self.bos_id, *self.encode(f"[{speaker}]{text}"), self.eos_id]
+        return [self.bos_id, *self.encode(f"[{int(speaker)}]{text}"), self.eos_id]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of `ids` (special tokens kept unless asked otherwise)."""
