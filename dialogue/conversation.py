@@ -29,7 +29,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from engine.errors import InputError, VoiceError
+from engine.errors import AudioError, InputError, VoiceError
 from engine.segment import SAMPLE_RATE, Segment
 from storage import Store, StoredSegment
 
@@ -241,9 +241,7 @@ class Conversation:
                     "ref_audio needs ref_text, the words spoken in the clip: the voice prompt is "
                     "the clip's text followed by its audio"
                 )
-            from engine.audio import load_audio
-
-            audio = load_audio(ref_audio)
+            audio = _load_audio(ref_audio)
             text = str(ref_text).strip()
             source = str(ref_audio) if isinstance(ref_audio, (str, Path)) else "array"
             meta = {"ref_audio": source}
@@ -309,9 +307,7 @@ class Conversation:
         speaker = _check_speaker(speaker)
         if not isinstance(text, str) or not text.strip():
             raise InputError("a recorded turn needs its transcript (the words spoken), got empty text")
-        from engine.audio import load_audio
-
-        samples = np.asarray(load_audio(audio), dtype=np.float32).reshape(-1)
+        samples = _load_audio(audio)
         codes = self._encode(samples)
         self._sync()
         row = self.store.append_turn(
@@ -507,6 +503,21 @@ def _check_speaker(speaker) -> int:
     if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or speaker < 0:
         raise InputError(f"speaker must be a non-negative int (0, 1, ...), got {speaker!r}")
     return int(speaker)
+
+
+def _load_audio(source) -> np.ndarray:
+    """A path (any format/rate/channels, via engine.audio) or a 1-D float array at 24 kHz."""
+    if isinstance(source, (str, Path)):
+        from engine.audio import load_audio
+
+        return np.asarray(load_audio(source), dtype=np.float32).reshape(-1)
+    samples = np.asarray(source)
+    if samples.ndim != 1 or samples.size == 0 or not np.issubdtype(samples.dtype, np.floating):
+        raise AudioError(
+            f"audio must be a file path or a non-empty 1-D float array at 24 kHz, got "
+            f"{samples.dtype} {samples.shape}; use engine.audio.load_audio() to convert"
+        )
+    return samples.astype(np.float32, copy=False)
 
 
 def _spoken_text(text: str) -> str:
