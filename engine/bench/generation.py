@@ -1,0 +1,349 @@
+"""The generation benchmark: how fast CSM makes audio on this machine.
+
+`python -m engine.bench` builds CSM-1B at full size with random weights (nothing is downloaded) or
+loads `--model M`, then measures, each in its own timed phase:
+  load        building (random normal weights, small std) or loading, casting and quantizing
+  prefill     the backbone over `--prompt-tokens` prompt rows (text and audio rows mixed)
+  frames      `--frames` frames (backbone step + depth decoder's 31 steps), driven like the
+              generator does (the next frame launched with mx.async_eval before the current one is
+              read); the count is fixed: the end-of-speech rule never stops the benchmark
+  mimi        a full-size Mimi (random weights, engine.mimi defaults) decoding those frames, whole
+              and as one streamed chunk (for the time to first audio)
+and prints a table, or with --json one JSON object. Real-time factor = compute seconds per second
+of audio (below 1 is faster than real time); one frame is 80 ms of audio.
+
+Options: --dtype float32|bfloat16|float16 (default: engine.device.default_dtype()), --quantize 8|4,
+--prompt-tokens N, --frames N, --size full|tiny (tiny is for tests), --no-openblas (runs itself
+again in a fresh process with CSM_OPENBLAS=0, since the BLAS is chosen before MLX is imported),
+--no-mimi, --compile / --no-compile (the compiled frame step, when the engine has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from engine.blas import ENV_SWITCH, blas_info
+from engine.csm import CSM, CSMConfig, csm_1b_config
+from engine.llama import LlamaArgs
+
+FRAME_SECONDS = 0.08  # one Mimi frame
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+RESULT_KEYS = (
+    "frames_per_second", "real_time_factor", "time_to_first_audio", "prefill_rows_per_second",
+    "mimi_decode_realtime_multiple", "peak_memory_gb", "load_seconds", "device", "mlx_version", "blas",
+)
+
+
+def tiny_config() -> CSMConfig:
+    """A small CSM with the real vocabulary and codebook count (so sampling costs the same shape)."""
+    scaling = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    backbone = LlamaArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=256,
+                         rope_scaling=scaling, max_seq_len=512)
+    decoder = LlamaArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128,
+                        rope_scaling=scaling, max_seq_len=512)
+    return CSMConfig(backbone=backbone, decoder=decoder, text_vocab_size=512, max_seq_len=512)
+
+
+def random_csm(config: CSMConfig, dtype=mx.float32, seed: int = 0, std: float = 0.02) -> CSM:
+    """A CSM with random normal weights (norms at 1), made directly in `dtype` on the device.
+
+    Drawing 1.5 B normal numbers costs minutes on a small CPU, so every tensor is cut from one pool
+    of (up to) 2^24 + 43 draws at a random offset; the pool length divides no row length, so no two rows are
+    equal. For timing (and for quantization error on random weights) that is as good as fresh draws.
+    """
+    model = CSM(config)
+    params = tree_flatten(model.parameters())
+    pool_size = min(1 << 24, max(p.size for _, p in params) // 4) + 43
+    pool = mx.random.normal((pool_size,), dtype=dtype, scale=std, key=mx.random.key(seed))
+    mx.eval(pool)
+    rng = np.random.default_rng(seed)
+    new = []
+    for name, p in params:
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            value = mx.ones(p.shape, dtype=dtype)
+        else:
+            start = int(rng.integers(0, pool_size))
+            reps = -(-(start + p.size) // pool_size)
+            value = mx.tile(pool, reps)[start : start + p.size].reshape(p.shape)
+        mx.eval(value)  # one tensor at a time: the peak stays near the model's size
+        new.append((name, value))
+    model.update(tree_unflatten(new))
+    return model
+
+
+def random_prompt(rows: int, config: CSMConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` prompt rows like a voice prompt: a text segment (1 in 4 rows) then audio rows."""
+    rng = np.random.default_rng(seed)
+    K = config.audio_num_codebooks
+    tokens = np.zeros((rows, K + 1), np.int32)
+    mask = np.zeros((rows, K + 1), np.bool_)
+    n_text = max(1, rows // 4)
+    tokens[:n_text, K] = rng.integers(0, config.text_vocab_size, n_text)
+    mask[:n_text, K] = True
+    tokens[n_text:, :K] = rng.integers(0, 2048, (rows - n_text, K))
+    mask[n_text:, :K] = True
+    return tokens, mask
+
+
+def build_model(args) -> tuple[CSM, float]:
+    start = time.perf_counter()
+    dtype = DTYPES[args.dtype]
+    if args.model:
+        from engine.weights import load_csm, resolve_model
+
+        model = load_csm(resolve_model(args.model))
+        if not _is_quantized(model):
+            model.set_dtype(dtype)
+    else:
+        config = csm_1b_config() if args.size == "full" else tiny_config()
+        model = random_csm(config, dtype, seed=args.seed)
+    if args.quantize and not _is_quantized(model):
+        from engine.quantize import quantize_csm
+
+        quantize_csm(model, args.quantize)
+    mx.eval(model.parameters())
+    return model, time.perf_counter() - start
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    return any(k.endswith(".scales") for k, _ in tree_flatten(model.parameters()))
+
+
+def _sampler():
+    from engine.sampling import make_sampler
+
+    return make_sampler(temperature=0.9, top_k=50)
+
+
+def _frame_step(model: CSM, sampler, use_compiled: bool):
+    """The engine's fastest one-frame step when it has one (compiled), else the eager API."""
+    step = getattr(model, "compiled_frame_step", None) if use_compiled else None
+    if step is not None:
+        return step(sampler)
+
+    def eager(codes: mx.array, cache) -> mx.array:  # codes (1, K) -> next codes (1, K)
+        h = model.backbone(model.frame_embedding(codes), cache)  # (1, 1, Db)
+        return model.generate_frame(h[:, -1, :], sampler)
+
+    return eager
+
+
+def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, use_compiled: bool = True,
+            mimi=None, chunk_frames: int = 6) -> dict:
+    """Time prefill, the frame loop and (with `mimi`) decoding. Returns the figures as a dict."""
+    config = model.config
+    tokens, mask = random_prompt(prompt_rows, config, seed)
+    sampler = _sampler()
+    step = _frame_step(model, sampler, use_compiled)
+    mx.random.seed(seed)
+
+    # Warm-up on a scratch cache: first calls pay for allocations and (compiled) tracing.
+    scratch = model.new_backbone_cache(prompt_rows + 8)
+    h = model.backbone(model.embed_rows(tokens[None, :4], mask[None, :4]), scratch)
+    codes = model.generate_frame(h[:, -1, :], sampler)
+    for _ in range(2):
+        codes = step(codes, scratch)
+    mx.eval(codes)
+    del scratch
+    mx.reset_peak_memory()
+
+    cache = model.new_backbone_cache(prompt_rows + frames + 1)
+    start = time.perf_counter()
+    h = model.backbone(model.embed_rows(tokens[None], mask[None]), cache)  # (1, T, Db)
+    mx.eval(h)
+    prefill_s = time.perf_counter() - start
+
+    codes = model.generate_frame(h[:, -1, :], sampler)
+    mx.eval(codes)
+    first_frame_s = time.perf_counter() - start - prefill_s
+    out = [np.array(codes)[0]]
+    loop_start = time.perf_counter()
+    for n in range(1, frames):
+        nxt = step(codes, cache)  # built while the previous frame may still be computing
+        mx.async_eval(nxt)
+        if n > 1:
+            out.append(np.array(codes)[0])
+        codes = nxt
+    if frames > 1:
+        out.append(np.array(codes)[0])
+    loop_s = time.perf_counter() - loop_start
+    codes_np = np.stack(out).astype(np.int32)  # (frames, K)
+    steady_fps = (frames - 1) / loop_s if frames > 1 else 1.0 / first_frame_s
+    total_s = first_frame_s + loop_s
+
+    result = {
+        "frames": frames,
+        "prompt_tokens": prompt_rows,
+        "prefill_seconds": prefill_s,
+        "prefill_rows_per_second": prompt_rows / prefill_s,
+        "first_frame_seconds": first_frame_s,
+        "frames_per_second": steady_fps,
+        "ms_per_frame": 1000.0 / steady_fps,
+        "real_time_factor": (1.0 / steady_fps) / FRAME_SECONDS,
+        "generation_seconds": total_s,
+        "frames_all_decodable": bool((codes_np < 2048).all()),
+        "mimi_decode_realtime_multiple": None,
+        "mimi_decode_seconds": None,
+        "codes": codes_np,
+    }
+    first_chunk = min(chunk_frames, frames)
+    # Frames of the first streamed chunk arrive at: prefill + first frame + (chunk-1) steady frames.
+    first_chunk_ready = prefill_s + first_frame_s + (first_chunk - 1) / steady_fps
+    result["time_to_first_audio"] = first_chunk_ready
+    if mimi is not None:
+        result.update(measure_mimi(mimi, codes_np, first_chunk))
+        result["time_to_first_audio"] = first_chunk_ready + result["mimi_first_chunk_seconds"]
+    result["peak_memory_gb"] = mx.get_peak_memory() / 1e9
+    return result
+
+
+def measure_mimi(mimi, codes: np.ndarray, first_chunk: int) -> dict:
+    """Decode the generated frames with Mimi: whole, and the first chunk through the streaming decoder."""
+    kf = np.ascontiguousarray(np.clip(codes, 0, 2047).T)  # (K, frames)
+    mx.eval(mimi.decode(kf[:, :2]))  # warm-up
+    start = time.perf_counter()
+    audio = mimi.decode(kf)
+    mx.eval(audio)
+    whole_s = time.perf_counter() - start
+    decoder = mimi.streaming_decoder()
+    start = time.perf_counter()
+    mx.eval(decoder.decode(kf[:, :first_chunk]))
+    chunk_s = time.perf_counter() - start
+    seconds = codes.shape[0] * FRAME_SECONDS
+    return {"mimi_decode_seconds": whole_s, "mimi_decode_realtime_multiple": seconds / whole_s,
+            "mimi_first_chunk_seconds": chunk_s}
+
+
+def build_mimi(size: str):
+    """A random full-size (or tiny) Mimi from engine.mimi, or None when the codec is not available."""
+    try:
+        from engine.mimi import Mimi, MimiConfig
+    except ImportError:
+        return None
+    if size == "tiny":
+        try:
+            from engine.mimi.testing import tiny_config as tiny_mimi_config
+        except ImportError:
+            return None
+        config = tiny_mimi_config()
+    else:
+        config = MimiConfig()
+    mimi = Mimi(config)
+    mx.eval(mimi.parameters())
+    return mimi
+
+
+def device_name() -> str:
+    device = mx.default_device()
+    try:
+        info = mx.device_info()
+        name = info.get("device_name") or info.get("architecture") or ""
+    except Exception:  # older MLX, or no device info
+        name = ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    where = f"{platform.system()} {platform.machine()}"
+    if device.type == mx.DeviceType.cpu:
+        return f"cpu: {name or platform.processor()} ({cores} cores, {where})".strip()
+    return f"gpu: {name} ({where})"
+
+
+def run(args) -> dict:
+    from engine.device import default_dtype
+
+    if args.dtype is None:
+        args.dtype = next(k for k, v in DTYPES.items() if v == default_dtype())
+    model, load_s = build_model(args)
+    mimi = None if args.no_mimi else build_mimi(args.size)
+    r = measure(model, args.prompt_tokens, args.frames, seed=args.seed, use_compiled=args.compile,
+                mimi=mimi, chunk_frames=args.chunk_frames)
+    r.pop("codes")
+    info = blas_info()
+    r.update({
+        "load_seconds": load_s,
+        "model": args.model or f"random CSM-1B ({args.size})",
+        "dtype": args.dtype,
+        "quantize": args.quantize,
+        "compiled": bool(args.compile and hasattr(model, "compiled_frame_step")),
+        "device": device_name(),
+        "mlx_version": mx.__version__,
+        "blas": info.describe(),
+        "blas_loaded": info.loaded,
+        "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "command": "python -m engine.bench " + " ".join(args.argv),
+    })
+    return r
+
+
+def format_table(r: dict) -> str:
+    def fmt(v, unit=""):
+        if v is None:
+            return "n/a"
+        return f"{v:.3f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+    rows = [
+        ("model", r["model"]), ("dtype", r["dtype"] + (f", {r['quantize']}-bit" if r["quantize"] else "")),
+        ("device", r["device"]), ("mlx", r["mlx_version"]), ("blas", r["blas"]),
+        ("load", fmt(r["load_seconds"], " s")),
+        ("prefill", f"{r['prompt_tokens']} rows in {fmt(r['prefill_seconds'], ' s')} "
+                    f"({r['prefill_rows_per_second']:.1f} rows/s)"),
+        ("frames", f"{r['frames']} ({fmt(r['ms_per_frame'], ' ms')} per frame)"),
+        ("frames/s", fmt(r["frames_per_second"])),
+        ("real-time factor", fmt(r["real_time_factor"]) + "  (s of compute per s of audio)"),
+        ("time to first audio", fmt(r["time_to_first_audio"], " s")),
+        ("mimi decode", fmt(r["mimi_decode_realtime_multiple"], "x real time")),
+        ("peak memory", fmt(r["peak_memory_gb"], " GB")),
+        ("command", r["command"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="a model name or folder (default: random weights)")
+    p.add_argument("--size", choices=("full", "tiny"), default="full", help="random model size")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: engine.device.default_dtype()")
+    p.add_argument("--quantize", type=int, choices=(8, 6, 5, 4, 3, 2), default=None, help="bits")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt rows to prefill")
+    p.add_argument("--frames", type=int, default=30, help="frames to generate (80 ms each)")
+    p.add_argument("--chunk-frames", type=int, default=6, help="frames in the first streamed chunk")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-openblas", action="store_true", help="MLX's own reference BLAS (Linux CPU)")
+    p.add_argument("--no-mimi", action="store_true", help="skip the codec decode")
+    p.add_argument("--compile", dest="compile", action="store_true", default=True)
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    if args.frames < 1 or args.prompt_tokens < 1:
+        p.error("--frames and --prompt-tokens must be at least 1")
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.no_openblas and blas_info().loaded:
+        # The BLAS was bound when MLX was imported: only a fresh process can run without it.
+        env = {**os.environ, ENV_SWITCH: "0"}
+        return subprocess.call([sys.executable, "-m", "engine.bench", "generation", *argv], env=env)
+    result = run(args)
+    print(json.dumps(result) if args.json else format_table(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The default compute dtype for the device MLX runs on, chosen by measurement (engine.bench).
+
+CPU (Linux, 2-core Xeon, MLX 0.32): float32 is the fastest. With OpenBLAS the fp32 matrix-vector
+products of the frame loop are memory-bound BLAS calls, while bfloat16/float16 matmuls and quantized
+matmuls run in MLX's own slower CPU kernels (see the README's performance table). Without OpenBLAS
+float32 still matches bfloat16 per frame and keeps full precision. On a GPU (Metal or CUDA) the
+frame loop is memory-bound and bfloat16 halves the bytes read, as the reference does.
+
+`CSM_DTYPE=float32|bfloat16|float16` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+
+from .errors import InputError
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def on_gpu() -> bool:
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+def default_dtype() -> mx.Dtype:
+    """mx.float32 on CPU, mx.bfloat16 on a GPU; `CSM_DTYPE` wins when set."""
+    chosen = os.environ.get("CSM_DTYPE", "").strip().lower()
+    if chosen:
+        if chosen not in DTYPES:
+            raise InputError(f"CSM_DTYPE must be one of {', '.join(DTYPES)}, got {chosen!r}")
+        return DTYPES[chosen]
+    return mx.bfloat16 if on_gpu() else mx.float32

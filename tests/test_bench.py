@@ -1,0 +1,50 @@
+"""engine.bench on the tiny size: the output has the promised shape and keys (never a time)."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+
+from engine.bench import __main__ as bench_main
+from engine.bench import generation
+from engine.bench.generation import RESULT_KEYS
+
+
+def test_json_output_has_the_keys(capsys):
+    code = bench_main.main(["--size", "tiny", "--frames", "3", "--prompt-tokens", "8", "--json", "--no-mimi"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in RESULT_KEYS:
+        assert key in result, key
+    assert result["frames"] == 3 and result["prompt_tokens"] == 8
+    assert result["frames_per_second"] > 0 and result["real_time_factor"] > 0
+    assert result["mlx_version"] == mx.__version__
+    assert isinstance(result["blas"], str) and result["blas"]
+    assert result["command"].startswith("python -m engine.bench")
+
+
+def test_table_output_and_options(capsys):
+    code = generation.main(["--size", "tiny", "--frames", "2", "--prompt-tokens", "4", "--dtype", "bfloat16",
+                            "--quantize", "4", "--no-mimi"])
+    assert code == 0
+    out = capsys.readouterr().out
+    for label in ("frames/s", "real-time factor", "time to first audio", "blas", "peak memory"):
+        assert label in out
+
+
+def test_fixed_frame_count_with_random_weights():
+    model = generation.random_csm(generation.tiny_config(), mx.float32, seed=1)
+    r = generation.measure(model, prompt_rows=6, frames=4, seed=1)
+    assert r["codes"].shape == (4, model.config.audio_num_codebooks)
+    assert r["codes"].dtype == np.int32 and r["frames_all_decodable"]
+
+
+def test_random_prompt_rows():
+    config = generation.tiny_config()
+    tokens, mask = generation.random_prompt(12, config, seed=0)
+    assert tokens.shape == mask.shape == (12, config.audio_num_codebooks + 1)
+    assert mask[:3, -1].all() and not mask[3:, -1].any() and mask[3:, :-1].all()
+
+
+def test_unknown_subcommand_falls_back_to_generation_parser():
+    assert bench_main.SUBCOMMANDS[0] == "generation"
