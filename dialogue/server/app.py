@@ -154,17 +154,15 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
                            param="voice", code="voice_not_found")
         options = _generation_options(body)
         streaming = body.streaming
-        job = submit(request, lambda job: backend.speech(body.input, voice, body.speaker,
-                                                         options, stream=streaming),
+        job = submit(request, lambda job: backend.speech(body.input, voice, body.speaker, options),
                      label="speech")
         return await audio_response(request, job, fmt, streaming=streaming,
                                     sse=body.stream_format == "sse")
 
     # -- voices ------------------------------------------------------------------------------
     @app.get("/v1/voices")
-    async def list_voices(request: Request) -> dict:
-        names = (await run_job_result(request, submit(
-            request, lambda job: [backend.voice_names()], "voices")))[0]
+    def list_voices() -> dict:
+        names = backend.voice_names()  # files only, no model work: answered even when busy
         return {"object": "list",
                 "data": [{"id": name, "object": "audio.voice", "name": name} for name in names]}
 
@@ -203,7 +201,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         info = (await run_job_result(request, submit(request, register, "register voice")))[0]
         return JSONResponse({"id": name, "object": "audio.voice", "name": name,
                              "type": "audio_sample", "transcript": transcript.strip(),
-                             "duration_s": info["duration_s"]}, status_code=201)
+                             "duration_s": info["duration_s"], "warnings": info["warnings"]},
+                            status_code=201)
 
     app.post("/v1/voices", status_code=201)(create_voice)
     app.post("/v1/audio/voices", status_code=201, include_in_schema=False)(create_voice)
@@ -275,8 +274,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         fmt = _check_output(body)
         options = _generation_options(body)
         streaming = body.streaming
-        job = submit(request, lambda job: backend.turn(name, body.speaker, body.input, options,
-                                                       stream=streaming), "turn")
+        job = submit(request, lambda job: backend.turn(name, body.speaker, body.input, options),
+                     "turn")
         return await audio_response(request, job, fmt, streaming=streaming,
                                     sse=body.stream_format == "sse",
                                     headers={"X-CSM-Session": name})

@@ -87,20 +87,29 @@ class Backend:
 
     def register_voice(self, name: str, audio_path: Path, transcript: str) -> dict:
         """Validate the clip (real, readable audio) and register it under `name`."""
+        import warnings
+
         from engine.audio import load_audio
         from engine.errors import AudioError
+        from engine.voices import clip_warnings
 
-        audio = load_audio(str(audio_path))  # AudioError for anything that is not audio
-        if audio.size == 0 or not np.isfinite(audio).all():
-            raise AudioError("the uploaded clip has no usable samples; upload a recording")
-        self.model.voices.register(name, audio, transcript)
-        return {"name": name, "duration_s": round(audio.size / 24_000, 3)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quality notes are returned to the client instead
+            audio = load_audio(str(audio_path))  # AudioError for anything that is not audio
+            if audio.size == 0 or not np.isfinite(audio).all():
+                raise AudioError("the uploaded clip has no usable samples; upload a recording")
+            notes = clip_warnings(audio, 24_000, "The clip")
+            self.model.voices.register(name, audio, transcript)
+        return {"name": name, "duration_s": round(audio.size / 24_000, 3), "warnings": notes}
 
     # -- one-off speech ----------------------------------------------------------------------
-    def speech(self, text: str, voice: str | None, speaker: int, options: dict,
-               stream: bool) -> Iterator[AudioChunk]:
+    # A request is always generated in streaming mode, chunked by its streaming_interval, whether
+    # the response streams or not: the decoder's float rounding depends on the chunking (by about
+    # 1e-6), so one code path is what makes streamed bytes equal whole-file bytes exactly.
+    def speech(self, text: str, voice: str | None, speaker: int,
+               options: dict) -> Iterator[AudioChunk]:
         self.check_voice(voice)
-        kwargs = dict(text=text, speaker=speaker, stream=stream, **options)
+        kwargs = dict(text=text, speaker=speaker, stream=True, **options)
         if voice is not None:
             kwargs["voice"] = voice
         for result in self.model.generate(**kwargs):
@@ -159,31 +168,14 @@ class Backend:
             return None
         return {"speaker": int(segment.speaker), "text": segment.text}
 
-    def turn(self, session: str, speaker: int, text: str, options: dict,
-             stream: bool) -> Iterator[AudioChunk]:
-        """The next turn; stored by the Conversation only once it completes."""
+    def turn(self, session: str, speaker: int, text: str, options: dict) -> Iterator[AudioChunk]:
+        """The next turn, streamed (see speech()); the Conversation stores it once complete."""
         conv = self.conversation(session)
-        options = dict(options)
-        interval = options.pop("streaming_interval", None)
-        if not stream:
-            segment = conv.say(speaker, text, **options)
-            turn = conv.turns[-1]
-            yield AudioChunk(audio=self._segment_audio(segment), seed=turn.seed,
-                             frames=int(segment.codes.shape[0]),
-                             info={"turn_index": turn.index})
-            return
         index = len(conv.turns)
-        if interval is not None:
-            options["streaming_interval"] = interval
         for result in conv.say_stream(speaker, text, **options):
             chunk = _chunk_from_result(result)
             chunk.info["turn_index"] = index
             yield chunk
-
-    def _segment_audio(self, segment) -> np.ndarray:
-        if segment.audio is not None:
-            return np.asarray(segment.audio, dtype=np.float32).reshape(-1)
-        return np.asarray(self.model.decode(segment.codes), dtype=np.float32).reshape(-1)
 
     def session_audio(self, session: str, pause_s: float) -> np.ndarray:
         audio = self.conversation(session).audio(pause_s=pause_s)
