@@ -11,7 +11,10 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -281,6 +284,7 @@ def test_bad_speech_requests_get_openai_errors(server):
     _assert_error(_speech(server, top_k=0), 400, param="top_k")
     _assert_error(_speech(server, max_audio_length_ms=0), 400, param="max_audio_length_ms")
     _assert_error(_speech(server, temprature=0.5), 400, param="temprature")  # typo: not ignored
+    _assert_error(_speech(server, stream=False, stream_format="audio"), 400)
     _assert_error(server.http.post("/v1/audio/speech", json={"input": "hi"}), 400, param="model")
     _assert_error(server.http.post("/v1/audio/speech", content=b"{not json",
                                    headers={"content-type": "application/json"}), 400)
@@ -294,6 +298,25 @@ def test_bad_speech_requests_get_openai_errors(server):
     with pytest.raises(openai.BadRequestError):
         server.openai.audio.speech.create(model="tts-1", input="Hi.", voice="conversational_a",
                                           response_format="aac")
+
+
+def test_model_work_runs_on_the_one_worker_thread(server):
+    backend = server.app.state.csm.backend
+    threads = []
+    original = backend.model.generate
+
+    def recording_generate(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    backend.model.generate = recording_generate
+    try:
+        assert _speech(server, response_format="pcm").status_code == 200
+        created = server.http.post("/v1/sessions", json={"voices": {"0": "conversational_a"}})
+        assert _turn(server, created.json()["id"], 0, "On the worker.").status_code == 200
+    finally:
+        backend.model.generate = original
+    assert threads and all(t is server.worker.thread for t in threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,9 +522,59 @@ def test_full_queue_answers_503_with_retry_after(csm_home):
         gate.set()
         busy.wait_idle()
         assert _speech(busy, response_format="pcm").status_code == 200
+
+        # A client that gives up while its request waits in the queue: the job never runs.
+        gate.clear()
+        busy.worker.submit(blocker, loop=loop)
+        before = busy.http.get("/health").json()
+        with httpx.Client(base_url=busy.base_url, timeout=1.0) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                impatient.post("/v1/audio/speech", json={
+                    "model": "csm-1b", "input": "Never mind.", "stream": False})
+        deadline = time.monotonic() + TIMEOUT
+        while busy.http.get("/health").json()["queued"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        gate.set()
+        after = busy.wait_idle()
+        assert after["cancelled"] == before["cancelled"] + 1
+        assert after["completed"] == before["completed"] + 1  # only the blocker
         # sessions are off without --db: a clear 404
         _assert_error(busy.http.get("/v1/sessions"), 404, code="sessions_disabled")
     finally:
         gate.set()
         busy.stop()
         loop.close()
+
+
+def test_csm_serve_command_serves_and_stops_cleanly(csm_home, tmp_path):
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", "from dialogue.cli import main; main()", "serve",
+               "--model", "tiny-random", "--db", str(tmp_path / "cli.db"),
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT) as client:
+            deadline = time.monotonic() + 180
+            while True:
+                assert process.poll() is None, process.stdout.read().decode(errors="replace")
+                try:
+                    if client.get("/health").json()["status"] == "ok":
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "csm serve did not come up"
+                time.sleep(0.2)
+            reply = client.post("/v1/audio/speech", json={
+                "model": "csm-1b", "input": "From the command line.", "response_format": "pcm",
+                "max_audio_length_ms": SHORT, "seed": 2})
+            assert reply.status_code == 200 and _pcm(reply.content).size > 0
+            assert client.post("/v1/sessions", json={"id": "cli"}).status_code == 201
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

@@ -23,7 +23,7 @@ from .audio_formats import MEDIA_TYPES, check_format, encode_audio, supported_fo
 from .backend import Backend, spool_upload
 from .errors import APIError, install_error_handlers
 from .limits import BodyLimitMiddleware
-from .names import check_name, is_safe_name
+from .names import NAME_PATTERN, check_name, is_safe_name
 from .responses import audio_response, run_job_result, submit
 from .schemas import SessionCreate, SpeechRequest, TurnRequest, VoicePin
 from .worker import Worker, run_on_worker
@@ -204,7 +204,14 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
                              "duration_s": info["duration_s"], "warnings": info["warnings"]},
                             status_code=201)
 
-    app.post("/v1/voices", status_code=201)(create_voice)
+    upload_form = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["name", "transcript", "audio"], "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN.pattern},
+            "transcript": {"type": "string", "description": "the words spoken in the clip"},
+            "audio": {"type": "string", "format": "binary",
+                      "description": "the clip (wav, flac, mp3, ogg, ...)"}}}}}}}
+    app.post("/v1/voices", status_code=201, openapi_extra=upload_form,
+             summary="Upload a voice clip and its transcript")(create_voice)
     app.post("/v1/audio/voices", status_code=201, include_in_schema=False)(create_voice)
 
     # -- sessions ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from engine.errors import (AudioError, ContextTooLongError, CSMError, InputError
                            WeightsError)
 
 from .audio_formats import UnsupportedFormat
-from .worker import QueueFull, WorkerStopped
+from .worker import JobCancelled, QueueFull, WorkerStopped
 
 log = logging.getLogger("csm.server")
 
@@ -58,6 +58,8 @@ def as_api_error(error: BaseException) -> APIError:
     if isinstance(error, QueueFull):
         return APIError(503, str(error), code="queue_full",
                         headers={"Retry-After": str(error.retry_after)})
+    if isinstance(error, JobCancelled):
+        return APIError(503, str(error), code="cancelled", headers={"Retry-After": "1"})
     if isinstance(error, WorkerStopped):
         return APIError(503, str(error), code="shutting_down", headers={"Retry-After": "5"})
     if isinstance(error, UnsupportedFormat):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input`
 
@@ -26,9 +26,16 @@ class GenerationOptions(BaseModel):
     stream_format: Literal["audio", "sse"] | None = None
     stream: bool = Field(True, description="false: one complete file with its exact length")
 
+    @model_validator(mode="after")
+    def _one_delivery(self):
+        if self.stream_format is not None and "stream" in self.model_fields_set and not self.stream:
+            raise ValueError("stream: false asks for one whole file and stream_format for a "
+                             "stream; leave one of them out")
+        return self
+
     @property
     def streaming(self) -> bool:
-        return self.stream or self.stream_format == "sse"
+        return self.stream
 
 
 class SpeechRequest(GenerationOptions):

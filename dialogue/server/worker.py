@@ -39,6 +39,10 @@ class WorkerStopped(Exception):
     """The worker has shut down (the server is stopping)."""
 
 
+class JobCancelled(WorkerStopped):
+    """The job was stopped before it finished (its client left, or the server is stopping)."""
+
+
 class Job:
     """One unit of model work and the channel its results come back through."""
 
@@ -163,8 +167,8 @@ class Worker:
             job = self._queue.get()
             if job is None:
                 return
-            if job.cancelled.is_set():
-                self._finish(job, "cancelled")  # cancelled while waiting: never started
+            if job.cancelled.is_set():  # cancelled while waiting: never started
+                self._finish(job, "cancelled", JobCancelled("the request was cancelled"))
                 continue
             self.current = job
             job.started.set()
@@ -188,7 +192,9 @@ class Worker:
                     return
                 job._post(_ITEM, item)
             _close(iterator)  # GeneratorExit inside the job's generator: a turn is not stored
-            self._finish(job, "cancelled")
+            # An error, not a normal end: whoever still reads must not take the cut-short
+            # output for a complete one.
+            self._finish(job, "cancelled", JobCancelled("the request was cancelled"))
         except BaseException as error:  # report every failure to the waiting request
             _close(iterator)
             self._finish(job, "failed", error)
