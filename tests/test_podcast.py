@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from dialogue.podcast import ScriptError, line_seed, load_script, parse_script
+from dialogue.podcast import ScriptError, line_seed, load_script, parse_script, render
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "podcast.yaml"
 
@@ -273,3 +274,190 @@ def test_error_message_lists_every_line(tmp_path):
 def test_missing_script_file(tmp_path):
     with pytest.raises(ScriptError, match="does not exist"):
         load_script(tmp_path / "nope.yaml")
+
+
+# --- rendering on the tiny model -----------------------------------------------------------------
+
+SHOW = """
+title: Six lines
+speakers:
+  alice: conversational_a
+  bob: {id: 1, voice: conversational_b}
+defaults:
+  seed: 7
+  pause: 0.25
+  max_audio_length_ms: 400
+lines:
+  - alice: Hi Bob, good to see you.
+  - bob: Hi Alice. How was the trip?
+  - alice: Long, but the mountains were worth it.
+    pause: 0.5
+  - bob: Did you take pictures?
+  - alice: Hundreds. I will show you.
+  - bob: Great, let's have a look.
+"""
+
+
+def show(text: str = SHOW, **replace: str):
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return parse_script(textwrap.dedent(text).lstrip("\n"))
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(number: int):
+    def on_line(line, segment):
+        if line.number == number:
+            raise Stop(f"stopped after line {number}")
+
+    return on_line
+
+
+def stored_turns(db: Path, session: str, model) -> list:
+    from dialogue.conversation import Conversation
+
+    return Conversation.open(db, session=session, model=model).turns
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_path):
+    """The tiny random model, loaded for this module (its KV cache sees only these renders)."""
+    from engine import load_model
+
+    return load_model(str(tiny_model_path))
+
+
+@pytest.fixture(scope="module")
+def full_render(tiny_model, tmp_path_factory):
+    """One uninterrupted render of SHOW, shared by the tests that compare against it."""
+    folder = tmp_path_factory.mktemp("full")
+    return render(show(), tiny_model, db=folder / "show.db", output=folder / "show.wav", progress=False)
+
+
+def test_render_writes_wav_and_chapters(full_render, tiny_model):
+    script = show()
+    turns = stored_turns(full_render.db, full_render.session, tiny_model)
+    assert len(turns) == 6 and full_render.rendered == [1, 2, 3, 4, 5, 6] and full_render.reused == 0
+    clips = [len(t.segment.audio) for t in turns]
+    assert all(n > 0 for n in clips)
+    pauses = [round(line.pause * 24000) for line in script.lines]
+    assert pauses == [6000, 6000, 12000, 6000, 6000, 0]
+
+    audio, sample_rate = soundfile.read(full_render.output, dtype="float32")
+    assert sample_rate == 24000
+    assert len(audio) == len(full_render.audio) == sum(clips) + sum(pauses)
+
+    chapters = json.loads(full_render.chapters_path.read_text())
+    assert full_render.chapters_path == full_render.output.with_name("show.chapters.json")
+    assert [c["line"] for c in chapters] == [1, 2, 3, 4, 5, 6]
+    assert [c["speaker"] for c in chapters] == ["alice", "bob"] * 3
+    assert [c["text"] for c in chapters] == [line.text for line in script.lines]
+    position = 0
+    for chapter, clip, pause in zip(chapters, clips, pauses):
+        assert chapter["start"] == pytest.approx(position / 24000, abs=1e-3)
+        assert chapter["end"] == pytest.approx((position + clip) / 24000, abs=1e-3)
+        position += clip + pause
+    assert position == len(audio)
+    # the silence is where the chapters say it is
+    end_of_3 = round(chapters[2]["end"] * 24000)
+    assert not np.any(full_render.audio[end_of_3 + 1 : end_of_3 + 12000 - 1])
+
+
+def test_turns_remember_their_lines(full_render, tiny_model):
+    turns = stored_turns(full_render.db, full_render.session, tiny_model)
+    identities = [t.meta["podcast"] for t in turns]
+    assert [i["index"] for i in identities] == list(range(6))
+    assert len({i["hash"] for i in identities}) == 6
+    assert [t.segment.speaker for t in turns] == [0, 1, 0, 1, 0, 1]
+
+
+def copy_of(rendered, folder: Path) -> tuple[Path, Path]:
+    """A copy of a rendered show's database in `folder`: (db, output) to render on from."""
+    for path in rendered.db.parent.glob(rendered.db.name + "*"):  # show.db and any -wal / -shm
+        shutil.copy(path, folder / path.name)
+    return folder / rendered.db.name, folder / rendered.output.name
+
+
+def test_interrupted_render_resumes_and_matches(full_render, tiny_model, tiny_model_path, tmp_path):
+    from engine import load_model
+
+    db, output = tmp_path / "show.db", tmp_path / "show.wav"
+    with pytest.raises(Stop):
+        render(show(), tiny_model, db=db, output=output, progress=False, on_line=stop_after(3))
+    assert len(stored_turns(db, "show", tiny_model)) == 3
+    assert not output.exists()
+
+    # as after a crash: a new process, a model whose KV cache holds nothing yet
+    resumed = render(show(), load_model(str(tiny_model_path)), db=db, output=output, progress=False)
+    assert resumed.reused == 3 and resumed.rendered == [4, 5, 6]
+    np.testing.assert_array_equal(resumed.audio, full_render.audio)
+    assert resumed.chapters == full_render.chapters
+    assert output.read_bytes() == full_render.output.read_bytes()
+
+
+def test_editing_a_line_rerenders_it_and_the_lines_after(full_render, tiny_model, tmp_path):
+    db, output = copy_of(full_render, tmp_path)
+    before = [t.segment.codes for t in stored_turns(db, "show", tiny_model)]
+
+    edited = render(show(**{"Hundreds. I will show you.": "Only a few, sadly."}), tiny_model,
+                    db=db, output=output, progress=False)
+    assert edited.reused == 4 and edited.rendered == [5, 6]
+    turns = stored_turns(db, "show", tiny_model)
+    assert len(turns) == 6 and turns[4].segment.text == "Only a few, sadly."
+    for old, turn in zip(before[:4], turns[:4]):
+        np.testing.assert_array_equal(old, turn.segment.codes)
+    # line 6 (same seed) came out differently: it heard the new line 5
+    assert not np.array_equal(before[5], turns[5].segment.codes)
+    start_5 = round(edited.chapters[4].start * 24000)
+    np.testing.assert_array_equal(edited.audio[:start_5], full_render.audio[:start_5])
+
+    # the same script again: nothing to do
+    again = render(show(**{"Hundreds. I will show you.": "Only a few, sadly."}), tiny_model,
+                   db=db, output=output, progress=False)
+    assert again.rendered == [] and again.reused == 6
+
+
+def test_pause_edits_only_remix(full_render, tiny_model, tmp_path):
+    db, output = copy_of(full_render, tmp_path)
+    longer = render(show(**{"pause: 0.25": "pause: 1.0"}), tiny_model, db=db, output=output, progress=False)
+    assert longer.rendered == [] and longer.reused == 6
+    assert len(longer.audio) == len(full_render.audio) + 4 * round(0.75 * 24000)
+
+
+def test_restart_renders_everything_again(full_render, tiny_model, tmp_path):
+    db, output = copy_of(full_render, tmp_path)
+    again = render(show(), tiny_model, db=db, output=output, progress=False, restart=True)
+    assert again.rendered == [1, 2, 3, 4, 5, 6] and again.reused == 0
+    np.testing.assert_array_equal(again.audio, full_render.audio)
+    assert len(stored_turns(db, "show", tiny_model)) == 6
+
+
+def test_a_show_without_seed_resumes_with_the_seed_it_started_with(tiny_model, tmp_path):
+    text = SHOW.replace("  seed: 7\n", "").split("  - bob: Did you")[0]  # 3 lines, no seed
+    db, output = tmp_path / "show.db", tmp_path / "show.wav"
+    with pytest.raises(Stop):
+        render(show(text), tiny_model, db=db, output=output, progress=False, on_line=stop_after(2))
+    resumed = render(show(text), tiny_model, db=db, output=output, progress=False)
+    assert resumed.rendered == [3] and resumed.reused == 2
+    assert {t.meta["podcast"]["show_seed"] for t in stored_turns(db, "show", tiny_model)} == {resumed.seed}
+
+
+def test_unknown_voice_is_found_before_generating(tiny_model, tmp_path):
+    db, output = tmp_path / "show.db", tmp_path / "show.wav"
+    with pytest.raises(ScriptError) as caught:
+        render(show(**{"bob: {id: 1, voice: conversational_b}": "bob: {id: 1, voice: nobody}"}),
+               tiny_model, db=db, output=output, progress=False)
+    assert caught.value.errors[0][0] == 4 and "unknown voice 'nobody'" in caught.value.errors[0][1]
+    assert not db.exists() and not output.exists()
+
+
+def test_the_example_renders_on_tiny_random(tiny_model, tmp_path):
+    text = EXAMPLE.read_text().replace("max_audio_length_ms: 8000", "max_audio_length_ms: 160")
+    script = parse_script(text, source=str(EXAMPLE), base_dir=EXAMPLE.parent)
+    result = render(script, tiny_model, output=tmp_path / "example.wav", progress=False)
+    assert result.rendered == list(range(1, len(script.lines) + 1))
+    assert result.db == tmp_path / "example.db" and result.session == "example"
+    assert len(soundfile.read(result.output)[0]) == len(result.audio) > 0

@@ -49,8 +49,10 @@ def podcast(script: Path, output: Path | None, db: Path | None, session: str | N
                         on_line=lambda line, segment: done.append(line.number))
     except KeyboardInterrupt:
         where = db or output.with_suffix(".db")
-        click.echo(f"\nStopped. Lines rendered this run are kept in {where}; run the same command "
-                   "again to continue.", err=True)
+        count = len(done)
+        click.echo(f"\nStopped. {count} line{'s' if count != 1 else ''} rendered in this run "
+                   f"{'are' if count != 1 else 'is'} saved in {where}; run the same command again "
+                   "to continue.", err=True)
         raise SystemExit(130) from None
     except CSMError as error:
         raise click.ClickException(str(error)) from None
