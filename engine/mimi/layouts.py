@@ -16,8 +16,8 @@ Two layouts exist (facts from the public checkpoints):
   `downsample.conv.weight`, `upsample.conv.weight`. (transformers 5.x names the modules
   `encoder.encoder_seanet.layers...` etc. in memory; those names are read too.)
 
-The loader maps everything to the transformers on-disk names (torch shapes), then un-permutes q/k
-so every layout reaches the model with adjacent-pair RoPE. Pure Python: works on NumPy or MLX arrays.
+The loader maps both to one canonical form: transformers' on-disk names, torch shapes, and q/k rows
+for adjacent-pair RoPE (Kyutai's convention; transformers' rows are un-permuted). Pure Python: works on NumPy or MLX arrays.
 """
 
 from __future__ import annotations
@@ -150,31 +150,54 @@ _KYUTAI_RENAMES = [
 _IN_PROJ = re.compile(r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.self_attn\.in_proj_weight$")
 
 
-def kyutai_to_transformers(weights: dict, cfg: MimiConfig) -> tuple[dict, list[str]]:
-    """Rename Kyutai keys to transformers' on-disk names (q/k permuted the way transformers stores them).
-    Returns (renamed weights, keys that matched no rule)."""
-    out, unknown = {}, []
+def kyutai_to_canonical(weights: dict) -> tuple[dict, dict, list[str]]:
+    """Kyutai keys -> transformers' on-disk names, q/k rows left for adjacent-pair RoPE (as Kyutai has them).
+    Returns (weights, {new name: source name}, source keys that matched no rule)."""
+    out, origin, unknown = {}, {}, []
     for key, value in weights.items():
         if _is_ignored(key):
             continue
         m = _IN_PROJ.match(key)
         if m:
-            if value.shape[0] % 3:
+            if value.ndim != 2 or value.shape[0] % 3:
                 raise WeightsError(f"{key}: shape {tuple(value.shape)} is not q, k and v stacked")
             d = value.shape[0] // 3
             base = f"{m.group(1)}_transformer.layers.{m.group(2)}.self_attn."
-            out[base + "q_proj.weight"] = to_rotate_half(value[:d], cfg.num_heads)
-            out[base + "k_proj.weight"] = to_rotate_half(value[d:2 * d], cfg.num_heads)
-            out[base + "v_proj.weight"] = value[2 * d:]
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                out[base + name + ".weight"] = value[i * d:(i + 1) * d]
+                origin[base + name + ".weight"] = key
             continue
         for pattern, repl in _KYUTAI_RENAMES:
             new, n = re.subn(pattern, repl, key)
             if n:
                 out[new] = value
+                origin[new] = key
                 break
         else:
             unknown.append(key)
-    return out, unknown
+    return out, origin, unknown
+
+
+_QK = re.compile(r"^(encoder|decoder)_transformer\.layers\.\d+\.self_attn\.[qk]_proj\.weight$")
+
+
+def transformers_to_canonical(weights: dict, heads: int) -> tuple[dict, dict]:
+    """transformers weights (on-disk or 5.x in-memory names) -> on-disk names, q/k rows un-permuted to
+    adjacent-pair RoPE. Returns (weights, {new name: source name})."""
+    out, origin = {}, {}
+    for key, value in weights.items():
+        if _is_ignored(key):
+            continue
+        new = key
+        for pattern, repl in _TRANSFORMERS_NESTED:
+            new = re.sub(pattern, repl, new)
+        if _QK.match(new):
+            if value.ndim != 2 or value.shape[0] % (2 * heads):
+                raise WeightsError(f"{key}: shape {tuple(value.shape)} does not split into {heads} heads")
+            value = from_rotate_half(value, heads)
+        out[new] = value
+        origin[new] = key
+    return out, origin
 
 
 def normalize_transformers(weights: dict) -> dict:

@@ -67,9 +67,13 @@ def tiny_mimi_weights(config: dict | MimiConfig | None = None, seed: int = 0) ->
             conv(f"encoder.layers.{idx}.conv", a["cout"], a["cin"], a["k"])
         elif kind == "res":
             resblock(f"encoder.layers.{idx}", a["dim"])
-    for idx, kind, a in seanet_decoder_plan(cfg):
+    plan = seanet_decoder_plan(cfg)
+    for idx, kind, a in plan:
         if kind == "conv":
             conv(f"decoder.layers.{idx}.conv", a["cout"], a["cin"], a["k"])
+            if idx == plan[-1][0]:  # keep decoded audio within about +-1
+                w[f"decoder.layers.{idx}.conv.weight"] *= 0.1
+                w[f"decoder.layers.{idx}.conv.bias"] *= 0.1
         elif kind == "convtr":  # torch ConvTranspose1d: (in, out, k)
             w[f"decoder.layers.{idx}.conv.weight"] = normal((a["cin"], a["cout"], a["k"]), 1.0 / np.sqrt(a["cin"] * 2))
             w[f"decoder.layers.{idx}.conv.bias"] = normal((a["cout"],), 0.05)
@@ -99,16 +103,30 @@ def tiny_mimi_weights(config: dict | MimiConfig | None = None, seed: int = 0) ->
     for half, count in (("semantic", cfg.num_semantic_quantizers), ("acoustic", cfg.num_acoustic_quantizers)):
         p = f"quantizer.{half}_residual_vector_quantizer."
         w[p + "input_proj.weight"] = normal((d, h, 1), 1.0 / np.sqrt(h))
-        w[p + "output_proj.weight"] = normal((h, d, 1), 1.0 / np.sqrt(d))
+        w[p + "output_proj.weight"] = normal((h, d, 1), (1.0 if half == "semantic" else 0.1) / np.sqrt(d))
         for i in range(count):
             usage = rng.uniform(0.5, 2.0, (cfg.codebook_size,))
-            # centroids shrink along the residual chain, like the residuals they quantize
-            centroids = normal((cfg.codebook_size, d), 1.0 / (1.0 + 0.5 * i))
             w[p + f"layers.{i}.codebook.cluster_usage"] = usage
-            w[p + f"layers.{i}.codebook.embed_sum"] = centroids * usage[:, None]
+            w[p + f"layers.{i}.codebook.embed_sum"] = _tiny_centroids(rng, cfg, 64 if half == "semantic" else 8) * usage[:, None]
             w[p + f"layers.{i}.codebook.initialized"] = np.ones((1,))
 
     return {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
+
+
+def _tiny_centroids(rng, cfg: MimiConfig, active: int) -> np.ndarray:
+    """Centroids for a tiny codebook whose codes are robust to float rounding.
+
+    With few dimensions, 2048 random centroids quantize so finely that the residual vanishes within
+    a few codebooks and the nearest centroid of the deep codebooks is decided by rounding noise: two
+    correct implementations would disagree. So each codebook has a few `active` centroids at the scale
+    of the residual (at random indices; the residual keeps that scale along the chain) and parks the
+    rest on a ring far enough away never to be nearest, yet still decodable."""
+    d = cfg.codebook_dim
+    far = rng.standard_normal((cfg.codebook_size, d))
+    far *= 8.0 * rng.uniform(1.0, 1.5, (cfg.codebook_size, 1)) / np.linalg.norm(far, axis=1, keepdims=True)
+    near = rng.choice(cfg.codebook_size, active, replace=False)
+    far[near] = rng.standard_normal((active, d))
+    return far
 
 
 def write_tiny_mimi(target, layout: str = "transformers", seed: int = 0, config: dict | None = None,
