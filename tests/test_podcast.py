@@ -461,3 +461,41 @@ def test_the_example_renders_on_tiny_random(tiny_model, tmp_path):
     assert result.rendered == list(range(1, len(script.lines) + 1))
     assert result.db == tmp_path / "example.db" and result.session == "example"
     assert len(soundfile.read(result.output)[0]) == len(result.audio) > 0
+
+
+def test_a_cloned_voice_from_a_clip(tiny_model, tiny_model_path, tmp_path):
+    shutil.copy(tiny_model_path / "prompts" / "conversational_a.wav", tmp_path / "sam.wav")
+    script = parse_script(script_text("""
+        speakers:
+          sam: {ref_audio: sam.wav, ref_text: "A short clip of how Sam sounds."}
+          kim: conversational_b
+        defaults: {seed: 1, max_audio_length_ms: 160}
+        lines:
+          - sam: Hello from a cloned voice.
+          - kim: And hello from a preset.
+    """), base_dir=tmp_path)
+    result = render(script, tiny_model, output=tmp_path / "clone.wav", progress=False)
+    assert result.rendered == [1, 2]
+    from dialogue.conversation import Conversation
+
+    with Conversation.open(result.db, session="clone", model=tiny_model) as conv:
+        assert conv.voices[0].text == "A short clip of how Sam sounds."
+
+
+def test_switching_models_renders_again(full_render, tiny_model, tmp_path, monkeypatch):
+    db, output = copy_of(full_render, tmp_path)
+    monkeypatch.setattr(tiny_model, "path", tmp_path / "another-model")
+    with pytest.raises(Stop):
+        render(show(), tiny_model, db=db, output=output, progress=False, on_line=stop_after(1))
+    turns = stored_turns(db, "show", tiny_model)
+    assert len(turns) == 1  # the other model's lines were dropped, line 1 rendered again
+
+
+def test_a_line_too_long_for_the_context_is_found_before_generating(tiny_model, tmp_path):
+    long_text = "word " * 2500
+    script = parse_script(f"speakers: {{a: conversational_a}}\nlines:\n  - a: hi\n  - a: {long_text}\n")
+    with pytest.raises(ScriptError) as caught:
+        render(script, tiny_model, output=tmp_path / "long.wav", progress=False)
+    [(line, message)] = caught.value.errors
+    assert line == 4 and "2048" in message
+    assert stored_turns(tmp_path / "long.db", "long", tiny_model) == []  # line 3 was not generated either

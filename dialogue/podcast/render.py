@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from engine.errors import CSMError
+from engine.errors import ContextTooLongError, CSMError
 
 from .mix import Chapter, chapters_path_for, mix, write_chapters
 from .script import Line, Script, ScriptError, Speaker
@@ -90,11 +90,13 @@ def render(
 
     with Conversation.open(db, session=session, model=model) as conv:
         show_seed = _show_seed(script, conv, restart)
-        identities = [_line_identity(script, line, show_seed, voices) for line in script.lines]
+        identities = [_line_identity(script, line, show_seed, voices, _model_identity(model))
+                      for line in script.lines]
         keep = 0 if restart else _matching_turns(conv, identities)
         if len(conv.turns) > keep:
             conv.truncate(keep)
         _pin_voices(conv, script)
+        _check_lines_fit(conv, script, keep)
         rendered = _render_lines(conv, script, identities, keep, show_seed, progress, on_line)
 
     # Mixed from what the database holds, so a render done in one go and one resumed in several
@@ -168,12 +170,21 @@ def _effective_seed(line: Line, show_seed: int) -> int:
     return line.seed if line.seed is not None else line_seed(show_seed, line.index)
 
 
-def _line_identity(script: Script, line: Line, show_seed: int, voices: list[dict]) -> dict:
+def _model_identity(model) -> str | None:
+    """Which model renders: its resolved folder (else its name), so a switch renders again."""
+    path = getattr(model, "path", None)
+    if path is not None:
+        return str(Path(path).resolve())
+    return getattr(model, "name", None) or None
+
+
+def _line_identity(script: Script, line: Line, show_seed: int, voices: list[dict], model: str | None) -> dict:
     """What is stored with the line's turn: its index and a hash of what shapes its audio.
 
     The pause is left out: changing it only changes the mix, not the speech.
     """
     shaping = {
+        "model": model,
         "speaker": script.speaker(line.speaker).id,
         "text": line.text,
         "temperature": line.temperature,
@@ -207,6 +218,19 @@ def _pin_voices(conv, script: Script) -> None:
     voiced = {s.id for s in script.speakers if s.voice is not None or s.ref_audio is not None}
     for speaker_id in set(conv.voices) - voiced:
         conv.set_voice(speaker_id)  # unpin: a speaker without a voice, or one no longer in the show
+
+
+def _check_lines_fit(conv, script: Script, start: int) -> None:
+    """Every line still to render fits the model's context (beside the pinned voices); else a
+    ScriptError naming each line that does not, before any of them is generated."""
+    problems: list[tuple[int | None, str]] = []
+    for line in script.lines[start:]:
+        try:
+            conv.plan(script.speaker(line.speaker).id, line.text, line.max_audio_length_ms)
+        except ContextTooLongError as error:
+            problems.append((line.yaml_line, str(error)))
+    if problems:
+        raise ScriptError(script.source, problems)
 
 
 # --- generating ----------------------------------------------------------------------------------
