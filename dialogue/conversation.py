@@ -159,10 +159,11 @@ class Conversation:
     @property
     def limit(self) -> int:
         """Backbone positions a prompt may use, including the frames to be generated."""
-        if self.context_limit is not None:
-            return int(self.context_limit)
         positions = getattr(self.model, "max_positions", None)
-        return int(positions) if positions else DEFAULT_CONTEXT_LIMIT
+        positions = int(positions) if positions else DEFAULT_CONTEXT_LIMIT
+        if self.context_limit is not None:  # a tighter budget (tests, memory); never a wider one
+            return min(int(self.context_limit), positions)
+        return positions
 
     # -- reading ---------------------------------------------------------------------------------
 
