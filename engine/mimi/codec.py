@@ -145,16 +145,25 @@ class Mimi(nn.Module):
         return a
 
     # --- decoding ------------------------------------------------------------------------------------
-    def check_codes(self, codes) -> mx.array:
-        """Validated codes (K, F) int32 with 1 <= K <= num_codebooks (the first K codebooks)."""
+    def check_codes(self, codes, num_codebooks: int | None = None) -> mx.array:
+        """Validated codes (K, F) int32. K must be `num_codebooks` (default: all of them); a smaller K
+        decodes with the first K codebooks only (as transformers does), but must be asked for, so that
+        frames x codebooks input is never taken for codebooks x frames."""
+        k = self.num_codebooks if num_codebooks is None else int(num_codebooks)
+        if not 1 <= k <= self.num_codebooks:
+            raise InputError(f"num_codebooks must be in 1..{self.num_codebooks}, got {k}")
         if isinstance(codes, mx.array):
             codes = np.array(codes)
         a = np.asarray(codes)
         if a.ndim != 2:
             raise InputError(f"codes must be 2-D (num_codebooks, frames), got shape {a.shape}")
-        if a.shape[0] > self.num_codebooks or a.shape[0] == 0:
-            hint = " (frames x codebooks? transpose it)" if a.shape[1] == self.num_codebooks else ""
-            raise InputError(f"codes must be (num_codebooks <= {self.num_codebooks}, frames), got shape {a.shape}{hint}")
+        if a.shape[0] != k:
+            hint = ""
+            if a.shape[1] == k:
+                hint = " (frames x codebooks? transpose it)"
+            elif a.shape[0] < self.num_codebooks and num_codebooks is None:
+                hint = f" (to decode with the first {a.shape[0]} codebooks only, pass num_codebooks={a.shape[0]})"
+            raise InputError(f"codes must be ({k} codebooks, frames), got shape {a.shape}{hint}")
         if a.size and not np.issubdtype(a.dtype, np.integer):
             if not np.issubdtype(a.dtype, np.floating) or not np.all(a == np.round(a)):
                 raise InputError(f"codes must be integers, got dtype {a.dtype}")
@@ -165,14 +174,14 @@ class Mimi(nn.Module):
                 f"Mimi cannot decode it (CSM's audio ids {self.codebook_size}.. are special tokens, not sounds)")
         return mx.array(a.astype(np.int32))
 
-    def decode(self, codes) -> mx.array:
-        """Codes (K, F) -> float32 audio (F * frame_size,) at 24 kHz."""
-        c = self.check_codes(codes)
+    def decode(self, codes, num_codebooks: int | None = None) -> mx.array:
+        """Codes (num_codebooks, F) -> float32 audio (F * frame_size,) at 24 kHz."""
+        c = self.check_codes(codes, num_codebooks)
         frames = c.shape[1]
         if frames == 0:
             return mx.zeros((0,), dtype=mx.float32)
         if frames > DECODE_CHUNK_FRAMES:
-            stream = self.streaming_decoder()
+            stream = self.streaming_decoder(num_codebooks)
             parts = [stream.decode(c[:, s:s + DECODE_CHUNK_FRAMES]) for s in range(0, frames, DECODE_CHUNK_FRAMES)]
             return mx.concatenate(parts)
         h = self.quantizer.decode(c)[None]  # (1, F, hidden)
@@ -182,8 +191,8 @@ class Mimi(nn.Module):
         mx.eval(audio)
         return audio
 
-    def streaming_decoder(self) -> "MimiStreamingDecoder":
-        return MimiStreamingDecoder(self)
+    def streaming_decoder(self, num_codebooks: int | None = None) -> "MimiStreamingDecoder":
+        return MimiStreamingDecoder(self, num_codebooks)
 
 
 class MimiStreamingDecoder:
@@ -193,8 +202,9 @@ class MimiStreamingDecoder:
     keys/values (the last sliding-window - 1 positions of every layer), and every SEANet conv's left
     context and transposed conv's overlap. Each decoder owns its state: several may run at once."""
 
-    def __init__(self, mimi: Mimi):
+    def __init__(self, mimi: Mimi, num_codebooks: int | None = None):
         self.mimi = mimi
+        self.num_codebooks = num_codebooks
         self.upsample = mimi.upsample.stream() if mimi._stride() else None
         self.transformer = mimi.decoder_transformer.stream()
         self.seanet = mimi.decoder.stream()
@@ -208,7 +218,7 @@ class MimiStreamingDecoder:
 
     def decode(self, codes) -> mx.array:
         """The next codes (K, f) -> the next f * frame_size samples (float32)."""
-        c = self.mimi.check_codes(codes)
+        c = self.mimi.check_codes(codes, self.num_codebooks)
         if c.shape[1] == 0:
             return mx.zeros((0,), dtype=mx.float32)
         h = self.mimi.quantizer.decode(c)[None]
