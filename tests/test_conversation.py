@@ -173,7 +173,11 @@ def test_recorded_turn_encoded_once(tmp_path, model):
     assert turn.source == "recorded" and turn.meta == {"mic": "usb"} and turn.seed is None
     np.testing.assert_allclose(turn.segment.audio, clip, atol=1e-5)  # the recording, not a decode
     conv.say(0, "Nice recording.", seed=1, max_audio_length_ms=SHORT)
-    assert model.encode_count == encodes + 1
+    assert model.encode_count == encodes + 1  # the stored codes were used
+    stereo_48k = np.stack([np.repeat(clip, 2), np.repeat(clip, 2)], axis=1)
+    sf.write(tmp_path / "reply.wav", stereo_48k, 48000)
+    from_file = conv.add(0, "From a file.", str(tmp_path / "reply.wav"))
+    assert from_file.codes.shape == (25, 32) and from_file.audio.shape == clip.shape
     with pytest.raises(InputError):
         conv.add(0, "  ", clip)
     with pytest.raises(AudioError):
