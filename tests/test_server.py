@@ -145,20 +145,12 @@ class RunningServer:
 
 
 @pytest.fixture(scope="module")
-def csm_home(tmp_path_factory):
-    # Uploaded voices land in $CSM_HOME/voices; never in the user's cache.
-    if "CSM_HOME" not in os.environ:
-        os.environ["CSM_HOME"] = str(tmp_path_factory.mktemp("csm_home"))
-    return Path(os.environ["CSM_HOME"])
-
-
-@pytest.fixture(scope="module")
 def db_path(tmp_path_factory):
     return tmp_path_factory.mktemp("server_db") / "talk.db"
 
 
 @pytest.fixture(scope="module")
-def server(csm_home, db_path):
+def server(csm_home, db_path):  # csm_home (conftest): uploaded voices land in a temp folder
     running = RunningServer(db_path, max_upload_bytes=256 * 1024)
     yield running
     running.stop()
@@ -578,3 +570,14 @@ def test_csm_serve_command_serves_and_stops_cleanly(csm_home, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+def test_csm_serve_with_a_missing_model_fails_cleanly(tmp_path):
+    from click.testing import CliRunner
+
+    from dialogue.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--model", str(tmp_path / "no-such-model"),
+                                       "--port", str(_free_port())])
+    assert result.exit_code == 1
+    assert "no model folder" in result.output and "Traceback" not in result.output

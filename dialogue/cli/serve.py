@@ -58,9 +58,17 @@ def serve(model: str, db: Path | None, host: str, port: int, max_queue: int,
     if not _is_loopback(host) and not api_key:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach this "
                    "address can use the server", err=True)
+    from engine.errors import CSMError
+    from storage import StorageError
+
     app = create_app(model, db, max_queue=max_queue,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key)
     click.echo(f"loading {model} ...", err=True)
+    try:
+        app.state.csm.start()  # on the model's own thread; a bad model or db fails here, cleanly
+    except (CSMError, StorageError) as error:
+        app.state.csm.worker.stop()
+        raise click.ClickException(str(error)) from None
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 

@@ -26,7 +26,7 @@ from .limits import BodyLimitMiddleware
 from .names import NAME_PATTERN, check_name, is_safe_name
 from .responses import audio_response, run_job_result, submit
 from .schemas import SessionCreate, SpeechRequest, TurnRequest, VoicePin
-from .worker import Worker, run_on_worker
+from .worker import Worker
 
 log = logging.getLogger("csm.server")
 
@@ -48,9 +48,20 @@ class ServerState:
 
     def __init__(self, settings: ServerSettings, model=None) -> None:
         self.settings = settings
-        self.worker = Worker(max_queue=settings.max_queue)
         self.backend = Backend(settings.model, settings.db, model=model)
+        self.worker = Worker(max_queue=settings.max_queue, on_exit=self.backend.release_thread)
         self.ready = False
+
+    def start(self) -> None:
+        """Start the worker thread and load the model on it; blocks. Errors (a missing model,
+        bad weights) raise here, before any server runs. The app's start-up calls this too
+        when it has not been called."""
+        if self.ready:
+            return
+        self.worker.start()
+        self.worker.call(self.backend.load, label="load model")
+        self.ready = True
+        log.info("model %s loaded", self.settings.model)
 
 
 def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
@@ -63,11 +74,8 @@ def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.worker.start()
         try:
-            await run_on_worker(state.worker, state.backend.load, label="load model")
-            state.ready = True
-            log.info("model %s loaded; serving", settings.model)
+            await asyncio.get_running_loop().run_in_executor(None, state.start)
             yield
         finally:
             state.ready = False

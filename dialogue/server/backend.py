@@ -62,6 +62,17 @@ class Backend:
 
         return Store(self.db_path)
 
+    @staticmethod
+    def release_thread() -> None:
+        """Free the MLX streams this (worker) thread made. MLX asks each thread that used it to
+        do this before it ends; otherwise the process may abort at exit ("terminate called
+        without an active exception")."""
+        import sys
+
+        mx = sys.modules.get("mlx.core")
+        if mx is not None and hasattr(mx, "clear_streams"):
+            mx.clear_streams()
+
     def close(self) -> None:
         self._conversations.clear()
         if self.store is not None:

@@ -16,6 +16,7 @@ estimate from the average job time, so the server can answer 503 without waiting
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import queue
 import threading
@@ -46,8 +47,9 @@ class JobCancelled(WorkerStopped):
 class Job:
     """One unit of model work and the channel its results come back through."""
 
-    def __init__(self, fn: Callable[["Job"], Iterable[Any]], loop: asyncio.AbstractEventLoop,
-                 label: str = "job") -> None:
+    def __init__(self, fn: Callable[["Job"], Iterable[Any]],
+                 loop: asyncio.AbstractEventLoop | None, label: str = "job") -> None:
+        """`loop` receives the items; None for a job nobody reads (see Worker.call)."""
         self.fn = fn
         self.label = label
         self.cancelled = threading.Event()
@@ -55,7 +57,7 @@ class Job:
         self.finished = threading.Event()
         self.outcome: str | None = None  # "completed" | "cancelled" | "failed"
         self._loop = loop
-        self._items: asyncio.Queue = asyncio.Queue()
+        self._items: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
 
     def cancel(self) -> None:
         """Ask the worker to stop this job at the next chunk boundary (or skip it if queued)."""
@@ -63,6 +65,8 @@ class Job:
 
     # --- worker-thread side -------------------------------------------------------------
     def _post(self, kind: str, payload: Any = None) -> None:
+        if self._loop is None:
+            return
         try:
             self._loop.call_soon_threadsafe(self._items.put_nowait, (kind, payload))
         except RuntimeError:  # the event loop is gone (server shut down): nobody is listening
@@ -98,10 +102,13 @@ class Job:
 class Worker:
     """The single model thread and its bounded queue of jobs."""
 
-    def __init__(self, max_queue: int = 8, name: str = "csm-model") -> None:
+    def __init__(self, max_queue: int = 8, name: str = "csm-model",
+                 on_exit: Callable[[], None] | None = None) -> None:
+        """`on_exit` runs on the worker thread as it ends (MLX wants its streams freed there)."""
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.max_queue = max_queue
+        self._on_exit = on_exit
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopping = False
@@ -114,7 +121,23 @@ class Worker:
         return self._thread
 
     def start(self) -> None:
-        self._thread.start()
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def call(self, fn: Callable[[], Any], label: str = "call", timeout: float | None = None) -> Any:
+        """Run `fn()` on the worker thread and wait for its value, from outside any event loop
+        (start-up before the server runs). Raises what `fn` raises."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run(job: Job):
+            try:
+                future.set_result(fn())
+            except BaseException as error:  # handed to the caller
+                future.set_exception(error)
+            return ()
+
+        self._enqueue(Job(run, None, label))
+        return future.result(timeout)
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Cancel waiting and running jobs and end the thread."""
@@ -153,16 +176,26 @@ class Worker:
 
         Must be called from the event loop (or pass `loop`). Raises QueueFull when full.
         """
+        job = Job(fn, loop or asyncio.get_running_loop(), label)
+        self._enqueue(job)
+        return job
+
+    def _enqueue(self, job: Job) -> None:
         if self._stopping or not self._thread.is_alive():
             raise WorkerStopped("the model worker is not running")
-        job = Job(fn, loop or asyncio.get_running_loop(), label)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             raise QueueFull(self.max_queue, self.retry_after()) from None
-        return job
 
     def _run(self) -> None:
+        try:
+            self._serve_jobs()
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def _serve_jobs(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
@@ -219,9 +252,3 @@ def _close(iterator) -> None:
         except Exception:
             pass
 
-
-async def run_on_worker(worker: Worker, fn: Callable[[], Any], label: str = "call") -> Any:
-    """Run one plain call on the worker thread (queued like any job) and return its value."""
-    job = worker.submit(lambda job: [fn()], label=label)
-    (value,) = await job.result()
-    return value
