@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Any, AsyncIterator, Callable
 
+import numpy as np
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -78,8 +79,6 @@ async def audio_response(request: Request, job: Job, response_format: str, *, st
                 except StopAsyncIteration:
                     break
             audio = [c.audio for c in chunks]
-            import numpy as np
-
             joined = np.concatenate(audio) if audio else np.zeros(0, np.float32)
             body = encode_audio(joined, response_format, sample_rate)
             return Response(body, media_type=MEDIA_TYPES[response_format],
