@@ -13,6 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CSM_HOME = Path(tempfile.mkdtemp(prefix="csm-home-tests-"))
 os.environ["CSM_HOME"] = str(_CSM_HOME)
 
+# Before any test module imports MLX: engine loads the optimised BLAS (engine/blas.py), which only
+# takes effect when it comes first, so the tests run the same BLAS as users do.
+import engine  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session", autouse=True)
 def csm_home() -> Path:

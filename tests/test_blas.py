@@ -111,3 +111,12 @@ def test_describe_says_what_happened():
     info = blas.BlasInfo(loaded=True, path="/x/libopenblas.so.0", source="debian", config="OpenBLAS 0.3.21",
                          core="SkylakeX", threads=2)
     assert "OpenBLAS 0.3.21" in info.describe() and "2 threads" in info.describe()
+
+
+@linux_only
+def test_this_test_process_got_it_too():
+    """conftest imports engine before any test module imports MLX, so the suite runs on OpenBLAS."""
+    info = blas.blas_info()
+    if not _available() or any("skipped" in n for n in info.notes) or "switched off" in info.reason:
+        pytest.skip(info.reason or "no usable OpenBLAS here")
+    assert info.loaded, info.reason
