@@ -98,7 +98,8 @@ def random_prompt(rows: int, config: CSMConfig, seed: int = 0) -> tuple[np.ndarr
     return tokens, mask
 
 
-def build_model(args) -> tuple[CSM, float]:
+def build_model(args) -> tuple[CSM, float, dict | None]:
+    """The model, the seconds it took, and (with --quantize) how far quantizing moved the logits."""
     start = time.perf_counter()
     dtype = DTYPES[args.dtype]
     if args.model:
@@ -110,12 +111,18 @@ def build_model(args) -> tuple[CSM, float]:
     else:
         config = csm_1b_config() if args.size == "full" else tiny_config()
         model = random_csm(config, dtype, seed=args.seed)
+    error = None
     if args.quantize and not _is_quantized(model):
-        from engine.quantize import quantize_csm
+        from engine.quantize import frame_logits_probe, logit_error, quantize_csm
 
+        probe = random_prompt(16, model.config, args.seed + 1)
+        codes = np.random.default_rng(args.seed).integers(0, 2048, model.config.audio_num_codebooks)
+        reference = frame_logits_probe(model, *probe, codes)
+        mx.eval(reference)
         quantize_csm(model, args.quantize)
+        error = logit_error(reference, frame_logits_probe(model, *probe, codes))
     mx.eval(model.parameters())
-    return model, time.perf_counter() - start
+    return model, time.perf_counter() - start, error
 
 
 def _is_quantized(model: nn.Module) -> bool:
@@ -265,7 +272,7 @@ def run(args) -> dict:
 
     if args.dtype is None:
         args.dtype = next(k for k, v in DTYPES.items() if v == default_dtype())
-    model, load_s = build_model(args)
+    model, load_s, quant_error = build_model(args)
     mimi = None if args.no_mimi else build_mimi(args.size)
     r = measure(model, args.prompt_tokens, args.frames, seed=args.seed, use_compiled=args.compile,
                 mimi=mimi, chunk_frames=args.chunk_frames)
@@ -273,6 +280,7 @@ def run(args) -> dict:
     info = blas_info()
     r.update({
         "load_seconds": load_s,
+        "quantization_logit_error": quant_error,
         "model": args.model or f"random CSM-1B ({args.size})",
         "dtype": args.dtype,
         "quantize": args.quantize,
@@ -305,10 +313,17 @@ def format_table(r: dict) -> str:
         ("time to first audio", fmt(r["time_to_first_audio"], " s")),
         ("mimi decode", fmt(r["mimi_decode_realtime_multiple"], "x real time")),
         ("peak memory", fmt(r["peak_memory_gb"], " GB")),
+        *([("logits vs float", _error_line(r["quantization_logit_error"]))] if r["quantization_logit_error"] else []),
         ("command", r["command"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _error_line(e: dict) -> str:
+    c0, a = e["codebook0"], e["all"]
+    return (f"codebook 0: max abs {c0['max_abs']:.3g} (rel {c0['rel']:.3g}), argmax kept {c0['argmax_agree']:.0%}; "
+            f"all codebooks: max abs {a['max_abs']:.3g} (rel {a['rel']:.3g}), argmax kept {a['argmax_agree']:.0%}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
