@@ -445,6 +445,29 @@ def test_session_errors(server):
     _assert_error(server.http.get(f"/v1/sessions/{name}"), 404)
 
 
+def test_recorded_turns_join_the_conversation(server):
+    name = server.http.post("/v1/sessions", json={"voices": {"1": "conversational_b"}}).json()["id"]
+
+    def record(speaker, data, transcript="Hello, I am a real person."):
+        return server.http.post(f"/v1/sessions/{name}/recordings",
+                                data={"speaker": str(speaker), "transcript": transcript},
+                                files={"audio": ("me.wav", data, "audio/wav")})
+
+    reply = record(0, _clip_bytes(seconds=1.2))
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["index"] == 0 and reply.json()["source"] == "recorded"
+    assert _turn(server, name, 1, "Nice to meet you.").headers["x-csm-turn-index"] == "1"
+    turns = server.http.get(f"/v1/sessions/{name}").json()["turns"]
+    assert [(t["source"], t["speaker"]) for t in turns] == [("recorded", 0), ("generated", 1)]
+    _assert_error(record(-1, _clip_bytes(seconds=0.5)), 400, param="speaker")
+    _assert_error(record("x", _clip_bytes(seconds=0.5)), 400, param="speaker")
+    _assert_error(record(0, _clip_bytes(seconds=0.5), transcript=""), 400, param="transcript")
+    _assert_error(record(0, b"RIFF, but not really audio" * 10), 400)
+    _assert_error(record(0, b"\0" * (300 * 1024)), 413)
+    _assert_error(server.http.post("/v1/sessions/missing/recordings", data={"speaker": "0"}), 404)
+    assert len(server.http.get(f"/v1/sessions/{name}").json()["turns"]) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Disconnects and a full queue
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +511,11 @@ def test_disconnect_mid_stream_cancels_and_keeps_serving(server):
 
 
 def test_full_queue_answers_503_with_retry_after(csm_home):
-    busy = RunningServer(None, max_queue=1)
+    busy = RunningServer(None, max_queue=1, api_key="sekret")
+    busy.http.headers["Authorization"] = "Bearer sekret"
+    busy.openai.close()
+    busy.openai = openai.OpenAI(base_url=busy.base_url + "/v1", api_key="sekret",
+                                timeout=TIMEOUT, max_retries=0)
     gate = threading.Event()
     loop = asyncio.new_event_loop()  # the blockers' results go nowhere that matters
 
@@ -519,7 +546,8 @@ def test_full_queue_answers_503_with_retry_after(csm_home):
         gate.clear()
         busy.worker.submit(blocker, loop=loop)
         before = busy.http.get("/health").json()
-        with httpx.Client(base_url=busy.base_url, timeout=1.0) as impatient:
+        with httpx.Client(base_url=busy.base_url, timeout=1.0,
+                          headers={"Authorization": "Bearer sekret"}) as impatient:
             with pytest.raises(httpx.ReadTimeout):
                 impatient.post("/v1/audio/speech", json={
                     "model": "csm-1b", "input": "Never mind.", "stream": False})
@@ -533,6 +561,13 @@ def test_full_queue_answers_503_with_retry_after(csm_home):
         assert after["completed"] == before["completed"] + 1  # only the blocker
         # sessions are off without --db: a clear 404
         _assert_error(busy.http.get("/v1/sessions"), 404, code="sessions_disabled")
+        # with an API key set, a request without it (or with another) is refused
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            reply = httpx.get(busy.base_url + "/v1/voices", headers=headers, timeout=TIMEOUT)
+            _assert_error(reply, 401, code="invalid_api_key")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=busy.base_url + "/v1", api_key="wrong", timeout=TIMEOUT,
+                          max_retries=0).models.list()
     finally:
         gate.set()
         busy.stop()

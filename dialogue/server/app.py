@@ -89,24 +89,37 @@ def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, default_limit=DEFAULT_MAX_BODY_BYTES,
                        limits={"/v1/voices": max_upload_bytes,
-                               "/v1/audio/voices": max_upload_bytes})
+                               "/v1/audio/voices": max_upload_bytes},
+                       upload_suffixes={"/recordings": max_upload_bytes})
     if api_key:
-        _require_api_key(app, api_key)
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     _add_routes(app, state)
     return app
 
 
-def _require_api_key(app: FastAPI, api_key: str) -> None:
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if request.url.path in ("/health", "/docs", "/openapi.json"):
-            return await call_next(request)
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        if not secrets.compare_digest(token.encode(), api_key.encode()):
-            return APIError(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                            code="invalid_api_key", type="invalid_request_error").response()
-        return await call_next(request)
+class ApiKeyMiddleware:
+    """Every request but /health and the docs needs 'Authorization: Bearer <key>'.
+
+    A plain ASGI middleware (not @app.middleware): it must not wrap `receive`, or requests could
+    no longer notice a client that disconnects.
+    """
+
+    OPEN_PATHS = ("/health", "/docs", "/redoc", "/openapi.json")
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.OPEN_PATHS:
+            given = dict(scope.get("headers", ())).get(b"authorization", b"")
+            token = given[7:] if given[:7].lower() == b"bearer " else b""
+            if not secrets.compare_digest(token, self.key):
+                error = APIError(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                                 code="invalid_api_key")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _generation_options(body, sample: bool = True) -> dict[str, Any]:
@@ -123,6 +136,38 @@ def _check_output(body) -> str:
     except ValueError as error:
         raise APIError(400, str(error), param="response_format",
                        code="unsupported_format") from None
+
+
+async def _read_clip_form(request: Request, required: tuple[str, ...]) -> tuple[dict, bytes, str]:
+    """A multipart upload of one audio clip: (text fields, clip bytes, safe file suffix).
+
+    The clip is the file field `audio` (also `file` or OpenAI's `audio_sample`); its words are
+    `transcript` (also `text`). Every field named in `required` must be present.
+    """
+    async with request.form(max_files=1, max_fields=8) as form:
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        for key in required:
+            if not fields.get(key, "").strip():
+                raise APIError(400, f"the form field `{key}` is missing", param=key,
+                               code="missing_field")
+        transcript = (fields.get("transcript") or fields.get("text") or "").strip()
+        if not transcript:
+            raise APIError(400, "give the `transcript` of the clip (the words spoken in it)",
+                           param="transcript", code="missing_field")
+        fields["transcript"] = transcript
+        upload = next((form.get(key) for key in ("audio", "file", "audio_sample")
+                       if form.get(key) is not None and not isinstance(form.get(key), str)),
+                      None)
+        if upload is None:
+            raise APIError(400, "attach the clip as the file field `audio`", param="audio",
+                           code="missing_field")
+        data = await upload.read()
+        suffix = Path(upload.filename or "").suffix.lower()
+    if not suffix.isascii() or len(suffix) > 8 or not suffix[1:].isalnum():
+        suffix = ""
+    if not data:
+        raise APIError(400, "the uploaded clip is empty", param="audio", code="invalid_audio")
+    return fields, data, suffix
 
 
 def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a list of routes
@@ -175,40 +220,24 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
                 "data": [{"id": name, "object": "audio.voice", "name": name} for name in names]}
 
     async def create_voice(request: Request) -> JSONResponse:
-        async with request.form(max_files=1, max_fields=8) as form:
-            name = form.get("name")
-            transcript = form.get("transcript") or form.get("text") or form.get("ref_text")
-            upload = form.get("audio") or form.get("file") or form.get("audio_sample")
-            if not isinstance(name, str) or not name:
-                raise APIError(400, "give the voice a `name`", param="name",
-                               code="missing_field")
-            check_name(name, "voice", "name")
-            if upload is None or isinstance(upload, str):
-                raise APIError(400, "attach the voice clip as the file field `audio`",
-                               param="audio", code="missing_field")
-            if not isinstance(transcript, str) or not transcript.strip():
-                raise APIError(400, "give the `transcript` of the clip (what is said in it)",
-                               param="transcript", code="missing_field")
-            data = await upload.read()
-            suffix = Path(upload.filename or "").suffix.lower()
-            if not suffix.isascii() or len(suffix) > 8 or not suffix[1:].isalnum():
-                suffix = ""
-        if not data:
-            raise APIError(400, "the uploaded clip is empty", param="audio", code="invalid_audio")
-        path = spool_upload(data, suffix)
+        fields, data, suffix = await _read_clip_form(request, ("name",))
+        name = check_name(fields["name"], "voice", "name")
+        transcript = fields["transcript"]
 
         def register(job):
-            try:
-                if name in backend.voice_names():
-                    raise APIError(409, f"a voice named {name!r} already exists; pick another "
-                                   "name", param="name", code="voice_exists")
-                yield backend.register_voice(name, path, transcript.strip())
-            finally:
-                path.unlink(missing_ok=True)
+            if name in backend.voice_names():
+                raise APIError(409, f"a voice named {name!r} already exists; pick another "
+                               "name", param="name", code="voice_exists")
+            yield backend.register_voice(name, path, transcript)
 
-        info = (await run_job_result(request, submit(request, register, "register voice")))[0]
+        path = spool_upload(data, suffix)
+        try:
+            info = (await run_job_result(request, submit(request, register,
+                                                         "register voice")))[0]
+        finally:
+            path.unlink(missing_ok=True)
         return JSONResponse({"id": name, "object": "audio.voice", "name": name,
-                             "type": "audio_sample", "transcript": transcript.strip(),
+                             "type": "audio_sample", "transcript": transcript,
                              "duration_s": info["duration_s"], "warnings": info["warnings"]},
                             status_code=201)
 
@@ -304,6 +333,34 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
             raise APIError(404, f"session {name!r} has no turns to remove",
                            param="session_id", code="no_turns")
         return {"removed": removed, **session_json(store().session(name))}
+
+    @app.post("/v1/sessions/{session_id}/recordings", status_code=201,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "multipart/form-data": {"schema": {
+                      "type": "object", "required": ["speaker", "transcript", "audio"],
+                      "properties": {
+                          "speaker": {"type": "integer", "minimum": 0},
+                          "transcript": {"type": "string"},
+                          "audio": {"type": "string", "format": "binary"}}}}}}},
+              summary="Add a recorded turn (someone's real speech) to the session")
+    async def add_recording(session_id: str, request: Request) -> dict:
+        name = session_name(session_id)
+        fields, data, suffix = await _read_clip_form(request, ("speaker",))
+        try:
+            speaker = int(fields["speaker"])
+            if speaker < 0:
+                raise ValueError
+        except ValueError:
+            raise APIError(400, "speaker must be a whole number >= 0", param="speaker",
+                           code="invalid_value") from None
+        path = spool_upload(data, suffix)
+        try:
+            (turn,) = await run_job_result(request, submit(
+                request, lambda job: [backend.add_recording(name, speaker, fields["transcript"],
+                                                            path)], "recorded turn"))
+        finally:
+            path.unlink(missing_ok=True)
+        return turn
 
     @app.get("/v1/sessions/{session_id}/audio")
     async def session_audio(session_id: str, request: Request, response_format: str = "wav",

@@ -188,6 +188,17 @@ class Backend:
             chunk.info["turn_index"] = index
             yield chunk
 
+    def add_recording(self, session: str, speaker: int, text: str, audio_path: Path) -> dict:
+        """A recorded turn (real speech and its transcript), Mimi-encoded once and stored."""
+        from engine.audio import load_audio
+
+        conv = self.conversation(session)
+        audio = load_audio(str(audio_path))  # AudioError for anything that is not audio
+        segment = conv.add(speaker, text, audio)
+        turn = conv.turns[-1]
+        return {"index": turn.index, "speaker": int(segment.speaker), "text": segment.text,
+                "source": turn.source, "duration_s": round(segment.codes.shape[0] * 0.08, 2)}
+
     def session_audio(self, session: str, pause_s: float) -> np.ndarray:
         audio = self.conversation(session).audio(pause_s=pause_s)
         return np.asarray(audio, dtype=np.float32).reshape(-1)

@@ -22,16 +22,28 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, default_limit: int, limits: dict[str, int]) -> None:
+    def __init__(self, app: ASGIApp, default_limit: int, limits: dict[str, int],
+                 upload_suffixes: dict[str, int] | None = None) -> None:
+        """`limits`: by exact path; `upload_suffixes`: by how a path ends; else default_limit."""
         self.app = app
         self.default_limit = default_limit
         self.limits = limits
+        self.upload_suffixes = upload_suffixes or {}
+
+    def limit_for(self, path: str) -> int:
+        path = path.rstrip("/")
+        if path in self.limits:
+            return self.limits[path]
+        for suffix, limit in self.upload_suffixes.items():
+            if path.endswith(suffix):
+                return limit
+        return self.default_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.get(scope["path"].rstrip("/"), self.default_limit)
+        limit = self.limit_for(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             # Read (and drop) what the client is sending before answering: most clients send the
