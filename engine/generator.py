@@ -4,8 +4,27 @@ A request is a prompt — rows of 33 columns (32 audio codes + 1 text token) and
 generator remembers which rows its KV cache holds (the prompt of the last request plus the frames
 it generated and fed back). A new request keeps the longest common prefix of those rows, trims the
 cache to it and prefills only the rest, so a conversation's next turn computes just the previous
-turn's new rows and its own text instead of the whole history. The cache is only a cache: with
-`reuse_cache=False` everything is computed again and the sampled codes are the same.
+turn's new rows and its own text instead of the whole history.
+
+The cache is only a cache: with `reuse_cache=False` (or after a restart, from stored turns) the
+result must be the same codes, bit for bit. Floating point is not associative, and a matrix
+product over 40 rows does not round row 3 the way a product over 10 rows does, so "the same rows
+computed in other chunks" is not enough (we measured ~1e-6 differences, and one flipped sample in
+a few 10-turn conversations, mostly at the top-k boundary). So every backbone position is computed
+in ONE canonical way, whatever the history of requests:
+
+  * positions are grouped in aligned blocks of `prefill_block` (B) rows: [0, B), [B, 2B), ...;
+  * a complete block is always computed as one chunk of exactly those B rows, on top of the
+    canonical blocks before it — when a prompt is prefilled, and also while generating: the step
+    that feeds the frame completing a block recomputes the whole block in one chunk;
+  * rows of the incomplete last block are provisional (a prompt's tail, frames fed one by one); a
+    later request recomputes them, starting from the block's first row.
+
+A request therefore keeps min(common prefix, canonical rows) rounded down to a block boundary, and
+prefills from there in aligned chunks. Same inputs, same chunk shapes, same kernels: the same bits
+(tests/test_generator_cache.py holds reuse and no-reuse conversations equal). The cost is < B extra
+rows per request and one B-row chunk instead of a 1-row step every B frames. B = 1 keeps
+everything (one row at a time) but makes long prefills slow.
 
 Frame loop (one frame = 80 ms of audio):
   prefill the new prompt rows -> last hidden state h -> CSM.generate_frame(h) -> codes (32,)
@@ -48,6 +67,11 @@ MS_PER_FRAME = 80
 SLOWEST_WORDS_PER_SECOND = 1.5
 SLOWEST_CHARS_PER_SECOND = 8.0
 PAUSE_ALLOWANCE_SECONDS = 3.0
+
+# Backbone positions are computed in aligned blocks of this many rows (see "The cache is only a
+# cache" above): big enough for prefill to run as matrix-matrix products, small enough that the
+# rows a request recomputes beyond its new ones stay few.
+PREFILL_BLOCK = 32
 
 STOP_END_OF_SPEECH = "end_of_speech"
 STOP_TEXT_LENGTH_CAP = "text_length_cap"
@@ -183,14 +207,19 @@ class Generator:
     `codec` (optional) has decode((K, F)) and streaming_decoder().
     """
 
-    def __init__(self, csm, codec=None, max_positions: int | None = None):
+    def __init__(self, csm, codec=None, max_positions: int | None = None,
+                 prefill_block: int = PREFILL_BLOCK):
         self.csm = csm
         self.codec = codec
         if max_positions is None:
             max_positions = int(getattr(csm.config, "max_seq_len", 2048))
+        if prefill_block < 1:
+            raise InputError(f"prefill_block must be at least 1, got {prefill_block}")
         self.max_positions = max_positions
+        self.block = int(prefill_block)
         self._cache = None  # list[KVCache], made on first use
-        self._rows = _RowLog(max_positions)
+        self._rows = _RowLog(max_positions)  # every row in the cache (canonical or provisional)
+        self._canonical = 0  # rows [0, _canonical) were computed in canonical blocks
         self._request = 0  # bumped by every request; a stale iterator notices and stops
 
     # -- cache state ---------------------------------------------------------------------------
@@ -205,9 +234,16 @@ class Generator:
         tokens, mask = self._rows.view()
         return tokens.copy(), mask.copy()
 
+    @property
+    def canonical_rows(self) -> int:
+        """Rows whose keys/values are final (computed in canonical blocks); a multiple of the block
+        size, or everything when the block size is 1."""
+        return self._canonical
+
     def reset(self) -> None:
         """Forget the cached rows (the buffers stay allocated)."""
         self._rows.truncate(0)
+        self._canonical = 0
         if self._cache is not None:
             for layer in self._cache:
                 layer.reset()
@@ -221,17 +257,19 @@ class Generator:
         for layer in self._backbone_cache():
             layer.trim(layer.offset - n)
         self._rows.truncate(n)
+        self._canonical = min(self._canonical, n)
 
     # -- one request ---------------------------------------------------------------------------
 
     def plan_prefill(self, tokens: np.ndarray, mask: np.ndarray, reuse_cache: bool = True) -> int:
-        """Rows of this prompt the cache can keep (at least one row is always recomputed, because
-        its hidden state starts the first frame)."""
+        """Rows of this (canonical) prompt the cache can keep: the common prefix, within the
+        canonical rows, rounded down to a block boundary; and never the whole prompt, as the hidden
+        state of its last row starts the first frame (its block is recomputed)."""
         if not reuse_cache:
             return 0
         held_tokens, held_mask = self._rows.view()
-        keep = common_prefix_length(held_tokens, held_mask, tokens, mask)
-        return min(keep, len(tokens) - 1)
+        keep = min(common_prefix_length(held_tokens, held_mask, tokens, mask), self._canonical)
+        return min(keep // self.block, (len(tokens) - 1) // self.block) * self.block
 
     def generate(
         self,
@@ -281,7 +319,7 @@ class Generator:
         keep = self.plan_prefill(tokens, mask, reuse_cache)
         self._trim_to(keep)
         try:
-            codes = self._prefill(tokens[keep:], mask[keep:], cache, sampler)  # (1, 32) lazy
+            codes = self._prefill(tokens, mask, keep, cache, sampler)  # (1, 32) lazy
             self._rows.extend(tokens[keep:], mask[keep:])
         except BaseException:
             self.reset()
@@ -368,19 +406,39 @@ class Generator:
 
     # -- model steps -----------------------------------------------------------------------------
 
-    def _prefill(self, tokens: np.ndarray, mask: np.ndarray, cache, sampler) -> mx.array:
-        """Run the backbone over new prompt rows; sample the first frame. -> (1, 32) lazy codes."""
-        embeds = self.csm.embed_rows(mx.array(tokens)[None], mx.array(mask)[None])  # (1, n, D)
-        hidden = self.csm.backbone(embeds, cache)  # (1, n, D)
+    def _prefill(self, tokens: np.ndarray, mask: np.ndarray, start: int, cache, sampler) -> mx.array:
+        """Run the backbone over the prompt rows from `start` (a block boundary) in aligned chunks;
+        sample the first frame. -> (1, 32) lazy codes."""
+        hidden = None
+        for a in range(start, len(tokens), self.block):
+            b = min(a + self.block, len(tokens))
+            embeds = self.csm.embed_rows(mx.array(tokens[a:b])[None], mx.array(mask[a:b])[None])
+            hidden = self.csm.backbone(embeds, cache)  # (1, b - a, D)
+        self._canonical = len(tokens) // self.block * self.block
         return self.csm.generate_frame(hidden[:, -1, :], sampler)
 
     def _step(self, codes: mx.array, cache, sampler) -> mx.array:
-        """Feed one frame (1, 32) back as a row; sample the next. -> (1, 32) lazy codes."""
+        """Feed one frame (1, 32) back as a row; sample the next. -> (1, 32) lazy codes.
+
+        The frame goes to position p. When it completes the block [p+1-B, p+1), the block's
+        provisional rows are dropped and the whole block is computed as one chunk (canonical);
+        otherwise the frame is one provisional row."""
+        p = self._rows.count  # the rows log holds every row before this frame
         # The same row embedding as a prompt's audio row (embed_rows), so a frame fed back here and
         # the same frame prefilled later as context embed identically.
-        row = mx.concatenate([codes.astype(mx.int32), mx.zeros((1, 1), mx.int32)], axis=1)
-        embeds = self.csm.embed_rows(row[:, None, :], _FRAME_MASK)  # (1, 1, D)
-        hidden = self.csm.backbone(embeds, cache)  # (1, 1, D)
+        row = mx.concatenate([codes.astype(mx.int32), mx.zeros((1, 1), mx.int32)], axis=1)  # (1, 33)
+        start = p + 1 - self.block
+        if self.block > 1 and (p + 1) % self.block == 0 and start == self._canonical:
+            for layer in cache:
+                layer.trim(layer.offset - start)
+            tokens = mx.concatenate([mx.array(self._rows.tokens[start:p]), row], axis=0)  # (B, 33)
+            mask = mx.concatenate([mx.array(self._rows.mask[start:p]), _FRAME_MASK[0]], axis=0)
+            hidden = self.csm.backbone(self.csm.embed_rows(tokens[None], mask[None]), cache)
+            self._canonical = p + 1
+        else:
+            hidden = self.csm.backbone(self.csm.embed_rows(row[:, None, :], _FRAME_MASK), cache)
+            if self.block == 1:
+                self._canonical = p + 1
         return self.csm.generate_frame(hidden[:, -1, :], sampler)
 
 

@@ -31,6 +31,9 @@ from engine.kv_cache import KVCache
 
 
 class FakeCSM:
+    """Hidden state = running sum over positions of (row value + 1000 * size of the chunk that
+    computed the position): like floating point, a position's keys depend on how it was chunked."""
+
     def __init__(self, max_seq_len=64):
         self.config = SimpleNamespace(max_seq_len=max_seq_len)
         self.script: list[int] = []  # per generate_frame call: 0 -> the all-zero frame
@@ -43,7 +46,7 @@ class FakeCSM:
 
     def backbone(self, embeds, cache):  # (B, T, 1) -> (B, T, 1): running sum over all positions
         T = embeds.shape[1]
-        k = embeds.transpose(0, 2, 1)[:, :, :, None]  # (B, 1, T, 1)
+        k = (embeds + 1000 * T).transpose(0, 2, 1)[:, :, :, None]  # (B, 1, T, 1)
         keys, _ = cache[0].update_and_fetch(k, k)
         total = mx.cumsum(keys[:, 0, :, 0], axis=1)  # (B, offset)
         return total[:, -T:, None]
@@ -184,40 +187,58 @@ def test_context_too_long_is_refused_before_any_work():
     assert gen.held_rows == 0
 
 
-def test_reuse_prefills_only_new_rows_and_gives_the_same_codes():
+@pytest.mark.parametrize("block", [1, 4, 32])
+def test_reuse_prefills_only_new_rows_and_gives_the_same_codes(block):
     csm_a, csm_b = FakeCSM(max_seq_len=256), FakeCSM(max_seq_len=256)
-    reuse, fresh = Generator(csm_a, FakeCodec()), Generator(csm_b, FakeCodec())
+    reuse = Generator(csm_a, FakeCodec(), prefill_block=block)
+    fresh = Generator(csm_b, FakeCodec(), prefill_block=block)
     history = []
-    for turn in range(5):
+    for turn in range(6):
         text = text_rows([10 + turn, 20 + turn, 30 + turn])
         prompt = cat(*history, text)
-        script = [1] * (3 + turn) + [0]
+        script = [1] * (3 + 2 * turn) + [0]
         csm_a.script, csm_b.script = list(script), list(script)
+        canonical_before = reuse.canonical_rows
         (a,) = run(reuse, prompt, max_frames=20)
         (b,) = run(fresh, prompt, max_frames=20, reuse_cache=False)
-        assert np.array_equal(a.codes, b.codes)
+        assert np.array_equal(a.codes, b.codes)  # chunk-sensitive keys, yet the same codes
         assert b.prefill_tokens == len(prompt[0]) and b.cached_tokens == 0
+        assert a.prefill_tokens + a.cached_tokens == len(prompt[0])
         if turn == 0:
             assert a.prefill_tokens == 3
         else:
-            # the previous turn's frames and its end-of-speech row were fed back while generating:
-            # only this turn's three text rows are new
-            assert (a.prefill_tokens, a.cached_tokens) == (3, len(prompt[0]) - 3)
+            # the previous turn's frames and end-of-speech row were fed back while generating;
+            # whole blocks of them were made canonical, so only this turn's three text rows and
+            # the rows of the last incomplete block are computed
+            assert a.cached_tokens == canonical_before
+            assert 3 <= a.prefill_tokens < 3 + block
+            if block == 1:
+                assert a.prefill_tokens == 3
         history += [text, audio_rows(a.codes)]
 
 
-def test_same_prompt_twice_recomputes_only_the_last_row():
-    gen = Generator(FakeCSM(), FakeCodec())
-    prompt = text_rows([3, 4, 5, 6])
+def test_keeping_provisional_rows_would_change_the_codes():
+    """The fake is as sensitive as floating point: a prompt prefilled in a different chunking
+    (block 4 vs the whole prompt in one chunk) gives other codes. The canonical blocks matter."""
+    prompt = text_rows(list(range(1, 11)))
+    (a,) = run(Generator(FakeCSM(), FakeCodec(), prefill_block=4), prompt)
+    (b,) = run(Generator(FakeCSM(), FakeCodec(), prefill_block=64), prompt)
+    assert not np.array_equal(a.codes, b.codes)
+
+
+@pytest.mark.parametrize("block, expect", [(1, (1, 3)), (4, (2, 4))])
+def test_same_prompt_twice_recomputes_only_the_last_block(block, expect):
+    gen = Generator(FakeCSM(), FakeCodec(), prefill_block=block)
+    prompt = text_rows([3, 4, 5, 6] if block == 1 else [3, 4, 5, 6, 7, 8])
     first = run(gen, prompt)[0]
     again = run(gen, prompt)[0]
-    assert (again.prefill_tokens, again.cached_tokens) == (1, 3)
+    assert (again.prefill_tokens, again.cached_tokens) == expect
     assert np.array_equal(first.codes, again.codes)
 
 
 def test_abandoned_stream_leaves_a_consistent_cache():
     csm = FakeCSM()
-    gen = Generator(csm, FakeCodec())
+    gen = Generator(csm, FakeCodec(), prefill_block=2)
     prompt = text_rows([3, 4, 5])
     stream = gen.generate(*prompt, max_frames=8, sampler=None, stream=True, chunk_frames=2)
     first = next(stream)
@@ -225,16 +246,17 @@ def test_abandoned_stream_leaves_a_consistent_cache():
     held_tokens, _ = gen.held()
     assert len(held_tokens) == 3 + 2  # prompt + the two frames fed back (one in flight counted)
     assert np.array_equal(held_tokens[3:5, :32], first.codes)
+    assert gen.canonical_rows == 4
     # a follow-up that shares the prompt and the two frames reuses them and matches a fresh run
     follow = cat(prompt, audio_rows(first.codes, eos=False), text_rows([7]))
     (a,) = run(gen, follow)
-    (b,) = run(Generator(FakeCSM(), FakeCodec()), follow)
-    assert (a.prefill_tokens, a.cached_tokens) == (1, 5)
+    (b,) = run(Generator(FakeCSM(), FakeCodec(), prefill_block=2), follow)
+    assert (a.prefill_tokens, a.cached_tokens) == (2, 4)
     assert np.array_equal(a.codes, b.codes)
 
 
 def test_a_second_request_supersedes_a_paused_stream():
-    gen = Generator(FakeCSM(), FakeCodec())
+    gen = Generator(FakeCSM(), FakeCodec(), prefill_block=1)
     stream = gen.generate(*text_rows([3]), max_frames=8, sampler=None, stream=True, chunk_frames=1)
     next(stream)
     run(gen, text_rows([4, 5]))
