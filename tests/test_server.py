@@ -292,23 +292,40 @@ def test_bad_speech_requests_get_openai_errors(server):
                                           response_format="aac")
 
 
-def test_model_work_runs_on_the_one_worker_thread(server):
+def test_model_work_runs_on_the_one_worker_thread_one_request_at_a_time(server):
     backend = server.app.state.csm.backend
-    threads = []
+    threads, active, most = [], [0], [0]
     original = backend.model.generate
 
     def recording_generate(*args, **kwargs):
         threads.append(threading.current_thread())
-        return original(*args, **kwargs)
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        try:
+            yield from original(*args, **kwargs)
+        finally:
+            active[0] -= 1
 
     backend.model.generate = recording_generate
     try:
-        assert _speech(server, response_format="pcm").status_code == 200
+        replies = [None] * 4
+
+        def ask(i):
+            replies[i] = _speech(server, response_format="pcm", seed=21, stream=i % 2 == 0)
+
+        askers = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(TIMEOUT)
+        assert all(r is not None and r.status_code == 200 for r in replies)
+        assert len({r.content for r in replies}) == 1  # same seed, same bytes, in any order
         created = server.http.post("/v1/sessions", json={"voices": {"0": "conversational_a"}})
         assert _turn(server, created.json()["id"], 0, "On the worker.").status_code == 200
     finally:
         backend.model.generate = original
-    assert threads and all(t is server.worker.thread for t in threads)
+    assert len(threads) == 5 and all(t is server.worker.thread for t in threads)
+    assert most[0] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,6 +505,8 @@ def test_disconnect_mid_stream_cancels_and_keeps_serving(server):
             assert reply.status_code == 200
             got = next(reply.iter_raw())
             assert got
+            # audio arrives while the turn is still being generated
+            assert server.http.get("/health").json()["busy"] is True
         # leaving both blocks closes the connection mid-stream
     after = server.wait_idle()
     assert after["cancelled"] == before["cancelled"] + 1
