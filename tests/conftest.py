@@ -31,3 +31,14 @@ def tiny_model_path(csm_home) -> Path:
     from engine.testing import tiny_random_path
 
     return tiny_random_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_path):
+    """A loaded CSMModel of the tiny random model (engine.load_model), shared by the session.
+
+    Its generator holds a KV cache across calls: tests that count prefill/cached rows should call
+    `tiny_model.generator.reset()` first (or load their own model)."""
+    from engine import load_model
+
+    return load_model(str(tiny_model_path))
