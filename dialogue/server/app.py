@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from .audio_formats import MEDIA_TYPES, check_format, encode_audio, supported_formats
+from .audio_formats import MEDIA_TYPES, check_format, encode_audio
 from .backend import Backend, spool_upload
 from .errors import APIError, install_error_handlers
 from .limits import BodyLimitMiddleware
@@ -122,7 +122,7 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def _generation_options(body, sample: bool = True) -> dict[str, Any]:
+def _generation_options(body) -> dict[str, Any]:
     options = {"temperature": body.temperature, "top_k": body.top_k, "seed": body.seed,
                "streaming_interval": body.streaming_interval}
     if body.max_audio_length_ms is not None:
@@ -379,4 +379,3 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         return Response(encode_audio(audio, fmt), media_type=MEDIA_TYPES[fmt],
                         headers={"X-CSM-Session": name})
 
-    app.state.supported_formats = supported_formats()

@@ -79,11 +79,6 @@ class Backend:
             self.store.close()
             self.store = None
 
-    @property
-    def sample_rate(self) -> int:
-        return int(getattr(self.model, "sample_rate", 0) or getattr(
-            getattr(self.model, "codec", None), "sample_rate", 24_000))
-
     # -- voices ------------------------------------------------------------------------------
     def voice_names(self) -> list[str]:
         return sorted(self.model.voices.names())
