@@ -399,7 +399,7 @@ def test_session_turns_persist_across_a_restart(csm_home, tmp_path):
         created = first.http.post("/v1/sessions", json={
             "id": "chat", "voices": {"0": "conversational_a", "1": "conversational_b"}})
         assert created.status_code == 201, created.text
-        assert created.json()["voices"] == 2
+        assert created.json()["voice_count"] == 2
         _assert_error(first.http.post("/v1/sessions", json={"id": "chat"}), 409)
         one = _turn(first, "chat", 0, "Hi, how are you?")
         assert one.status_code == 200 and one.headers["x-csm-turn-index"] == "0"
@@ -420,9 +420,11 @@ def test_session_turns_persist_across_a_restart(csm_home, tmp_path):
     second = RunningServer(db)
     try:
         listed = second.http.get("/v1/sessions").json()["data"]
-        assert [(s["id"], s["turns"]) for s in listed] == [("chat", 2)]
+        assert [(s["id"], s["turn_count"]) for s in listed] == [("chat", 2)]
         shown = second.http.get("/v1/sessions/chat").json()
         assert [t["text"] for t in shown["turns"]] == ["Hi, how are you?", "Fine, thanks. And you?"]
+        assert [(v["speaker"], v["voice"]) for v in shown["voices"]] == [
+            (0, "conversational_a"), (1, "conversational_b")]
         # Stored audio is 24-bit FLAC; the first server still had the generated floats in memory,
         # so 16-bit output may differ by one step on a few samples, no more.
         reread, _ = sf.read(io.BytesIO(second.http.get("/v1/sessions/chat/audio").content),
@@ -450,14 +452,14 @@ def test_session_errors(server):
                   400)
     created = server.http.post("/v1/sessions", json={}).json()
     name = created["id"]
-    assert created["turns"] == 0
+    assert created["turn_count"] == 0
     _assert_error(_turn(server, name, -1, "Hello?"), 400, param="speaker")
     _assert_error(_turn(server, name, 0, ""), 400, param="input")
     _assert_error(_turn(server, name, 0, "Hi", response_format="aac"), 400)
     _assert_error(server.http.delete(f"/v1/sessions/{name}/turns/last"), 404, code="no_turns")
     assert _turn(server, name, 0, "One turn.").status_code == 200
     undone = server.http.delete(f"/v1/sessions/{name}/turns/last").json()
-    assert undone["removed"]["text"] == "One turn." and undone["turns"] == 0
+    assert undone["removed"]["text"] == "One turn." and undone["turn_count"] == 0
     assert server.http.delete(f"/v1/sessions/{name}").json()["deleted"] is True
     _assert_error(server.http.get(f"/v1/sessions/{name}"), 404)
 

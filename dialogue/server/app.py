@@ -260,8 +260,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
 
     def session_json(info) -> dict:
         return {"id": info.name, "object": "session", "created_at": info.created_at,
-                "turns": info.turns, "duration_s": round(info.frames * 0.08, 2),
-                "voices": info.voices, "meta": info.meta}
+                "turn_count": info.turns, "duration_s": round(info.frames * 0.08, 2),
+                "voice_count": info.voices, "meta": info.meta}
 
     def session_name(session_id: str) -> str:
         if not is_safe_name(session_id) or not store().has_session(session_id):
@@ -288,7 +288,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         name = session_name(session_id)
         s = store()
         out = session_json(s.session(name))
-        out["voice_prompts"] = [{"speaker": p.speaker, "text": p.text,
+        out["voices"] = [{"speaker": p.speaker, "text": p.text,
                                  "voice": (p.meta or {}).get("voice")}
                                 for p in s.voice_prompts(name).values()]
         out["turns"] = [{"index": t.index, "speaker": t.speaker, "text": t.text,
