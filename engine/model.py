@@ -314,7 +314,7 @@ class CSMModel:
             if len(tokens) + frames <= self.max_positions:
                 pieces.append(_Piece(piece, speaker, tokens, mask, frames, reason))
                 continue
-            smaller = limit // 2
+            smaller = min(limit, len(piece)) // 2
             if smaller >= MIN_PIECE_CHARS and len(piece) > smaller:
                 todo[:0] = [(p, smaller) for p in split_text(piece, smaller)]
                 continue

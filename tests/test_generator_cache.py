@@ -23,6 +23,7 @@ from engine.generator import (
     text_frame_cap,
 )
 from engine.kv_cache import KVCache
+from engine.segment import Segment
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,3 +265,52 @@ def test_a_second_request_supersedes_a_paused_stream():
         next(stream)
     again = run(gen, text_rows([4, 5]))[0]  # the newer request's rows survived the stale one
     assert (again.prefill_tokens, again.cached_tokens) == (1, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The same promise on the tiny random CSM, through model.generate (a conversation that grows)
+# ------------------------------------------------------------------------------------------------
+
+LINES = ["Hello there.", "Hey, how are you?", "Pretty good, thanks.", "What about you?",
+         "I am great!", "So happy to talk."]
+
+
+def converse(model, reuse: bool, seed: int, temperature: float, stream: bool = False):
+    """Six turns, each conditioned on every earlier turn's text and codes."""
+    model.generator.reset()
+    context, codes, prefill, canonical = [], [], [], []
+    for turn, line in enumerate(LINES):
+        canonical.append(model.generator.canonical_rows)
+        results = list(model.generate(
+            line, voice=None, speaker=turn % 2, context=context, seed=seed + turn,
+            temperature=temperature, max_audio_length_ms=560, reuse_cache=reuse, stream=stream,
+            streaming_interval=0.24,
+        ))
+        final = results[-1]
+        codes.append(final.frames)
+        prefill.append((final.prefill_tokens, final.cached_tokens, final.prompt_tokens))
+        context.append(Segment(turn % 2, final.text, codes=final.frames))
+    return codes, prefill, canonical
+
+
+@pytest.mark.parametrize("seed, temperature", [(0, 0.9), (1, 0.9), (2, 0.0)])
+def test_tiny_conversation_same_codes_with_and_without_reuse(tiny_model, seed, temperature):
+    reused, prefill, canonical = converse(tiny_model, True, seed, temperature)
+    fresh, fresh_prefill, _ = converse(tiny_model, False, seed, temperature)
+    for turn, (a, b) in enumerate(zip(reused, fresh)):
+        assert np.array_equal(a, b), f"turn {turn} differs"
+    block = tiny_model.generator.block
+    for turn in range(1, len(LINES)):
+        new_text_rows = len(tiny_model.tokenizer.encode_segment(turn % 2, LINES[turn]))
+        computed, cached, total = prefill[turn]
+        assert fresh_prefill[turn] == (total, 0, total)  # without reuse: the whole history
+        assert cached == canonical[turn]  # everything computed for the previous turn is kept
+        # this turn's text rows, the previous turn's last frame and end-of-speech row (it stopped
+        # at the frame cap, so neither was fed back), and the rows of the last incomplete block
+        assert new_text_rows + 2 <= computed <= new_text_rows + 2 + block - 1
+
+
+def test_tiny_conversation_streamed_equals_whole(tiny_model):
+    whole, _, _ = converse(tiny_model, True, 5, 0.9)
+    streamed, _, _ = converse(tiny_model, True, 5, 0.9, stream=True)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, streamed))
