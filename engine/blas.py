@@ -14,8 +14,8 @@ Where the library comes from, in order:
      from a copy whose SONAME says `libgfortran.so.5` (written once under $CSM_HOME/lib);
   3. Debian's `libopenblas0-pthread` (DYNAMIC_ARCH; told the CPU family when it is too old to know it).
 
-`CSM_OPENBLAS=0` switches it off; `CSM_OPENBLAS_THREADS=N` sets its thread count (default: the cores
-this process may run on). Nothing here imports MLX or NumPy.
+`CSM_OPENBLAS=0` switches it off; `CSM_OPENBLAS_THREADS=N` sets its thread count (default: one fewer
+than the cores this process may run on, see `default_threads`). Nothing here imports MLX or NumPy.
 """
 
 from __future__ import annotations
@@ -170,13 +170,28 @@ def _set_threads(lib: ctypes.CDLL) -> int | None:
     put = getattr(lib, "openblas_set_num_threads", None)
     wanted = os.environ.get(ENV_THREADS, "").strip()
     try:
-        n = int(wanted) if wanted else len(os.sched_getaffinity(0))
-    except (ValueError, AttributeError):
-        n = os.cpu_count() or 1
+        n = int(wanted) if wanted else default_threads()
+    except ValueError:
+        n = default_threads()
     if put is not None and n > 0:
         put.argtypes = [ctypes.c_int]
         put(n)
     return int(get()) if get is not None else None
+
+
+def default_threads() -> int:
+    """One core fewer than this process may use (at least 1).
+
+    OpenBLAS's threads spin while they wait for each other, and the frame loop makes ~1000 small
+    BLAS calls per frame while the Python thread builds the next frame's graph. Measured on the
+    2-core machine with other work running: 31 depth-decoder steps took 3.6-6.0 s with 1 thread and
+    19-46 s with 2 (MLX's reference BLAS: 7.8-10 s). One core is left to Python and MLX.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def _resolves_to(lib: ctypes.CDLL, symbol: str) -> bool | None:
