@@ -84,7 +84,11 @@ def test_ten_turns_with_reuse_equal_without(tmp_path, model):
     assert len(turns) == 10 and not any(t.timing["pruned"] for t in turns)
     for n in range(1, 10):  # turns 2..10
         turn, previous = turns[n], turns[n - 1]
-        assert turn.timing["prefill_tokens"] == new_rows(turn, previous), n
+        # bit-identical codes need one canonical chunking of the backbone positions (see
+        # engine/generator.py): the cache's last incomplete block is computed again, so a turn
+        # prefills its new rows plus fewer than `block` rows before them
+        fresh = new_rows(turn, previous)
+        assert fresh <= turn.timing["prefill_tokens"] < fresh + model.generator.block, n
         assert turn.timing["prefill_tokens"] + turn.timing["cached_tokens"] == turn.timing["prompt_rows"]
         assert turn.timing["prefill_tokens"] < turn.timing["prompt_rows"] // 4
     for turn in runs[False]:  # without reuse the whole prompt is computed every time
@@ -229,7 +233,9 @@ def test_pruning_keeps_going_and_never_drops_pinned(tmp_path, model):
     assert 2 <= prunes <= 8  # hysteresis: far fewer rebuilds than turns
     for turn in turns:
         prompt = turn.timing["prompt_rows"]
-        assert turn.timing["cached_tokens"] >= pinned or turn.index == 0  # pinned stay cached
+        # pinned stay cached (up to the block boundary the generator recomputes from)
+        assert turn.timing["cached_tokens"] >= pinned // model.generator.block * model.generator.block \
+            or turn.index == 0
         if not turn.timing["pruned"] and turn.index:
             assert turn.timing["prefill_tokens"] < prompt // 3
 
