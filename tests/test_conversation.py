@@ -95,6 +95,23 @@ def test_ten_turns_with_reuse_equal_without(tmp_path, model):
         assert turn.timing["prefill_tokens"] == turn.timing["prompt_rows"]
 
 
+def test_prefill_is_exactly_the_new_rows_with_one_row_blocks(tmp_path, model):
+    """With the generator's canonical block at one row nothing is recomputed: turn N (N >= 2)
+    prefills exactly the rows its prompt adds to what the cache holds."""
+    import copy
+
+    from engine.generator import Generator
+
+    exact = copy.copy(model)
+    exact.generator = Generator(model.csm, model.codec, model.max_positions, prefill_block=1)
+    conv = open_conv(tmp_path, exact)
+    conv.set_voice(0, "conversational_a")
+    talk(conv, LINES)
+    turns = conv.turns
+    for n in range(1, 10):
+        assert turns[n].timing["prefill_tokens"] == new_rows(turns[n], turns[n - 1]), n
+
+
 def test_turn_record(tmp_path, model):
     conv = open_conv(tmp_path, model)
     segment = conv.say(1, "It costs 5 dollars.", seed=None, temperature=0.7, top_k=20,

@@ -86,7 +86,7 @@ def voice_prompts(seconds: float, seed: int) -> list:
 
 
 def run_conversation(model, voices, turns: int, frames: int, chunk_frames: int, reuse: bool,
-                     seed: int) -> list[dict]:
+                     seed: int, progress: bool = False) -> list[dict]:
     """Generate `turns` turns; per turn: TTFA, prefill/cached rows, frames, and the codes."""
     from engine.segment import Segment
 
@@ -118,6 +118,11 @@ def run_conversation(model, voices, turns: int, frames: int, chunk_frames: int, 
             "codes": codes,
         })
         history.append(Segment(speaker, last.text, codes=codes))
+        if progress:
+            r = rows[-1]
+            print(f"  {'reuse   ' if reuse else 'no reuse'} turn {n + 1:2d}/{turns}: prompt "
+                  f"{r['prompt_rows']} rows, prefilled {r['prefill_rows']}, first audio after "
+                  f"{r['time_to_first_audio']:.3f} s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -144,7 +149,8 @@ def run(args) -> dict:
     for _ in range(args.repeats):
         for reuse in (True, False):
             repeats[reuse].append(run_conversation(model, voices, args.turns, args.frames,
-                                                   args.chunk_frames, reuse, args.seed))
+                                                   args.chunk_frames, reuse, args.seed,
+                                                   progress=not args.quiet))
     runs = {reuse: _median_run(done) for reuse, done in repeats.items()}
     identical = all(
         np.array_equal(a["codes"], b["codes"])
@@ -225,6 +231,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-mimi", action="store_true", help="no codec: time to the first chunk's frames")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no per-turn progress on stderr")
     args = p.parse_args(argv)
     if min(args.turns, args.frames, args.chunk_frames, args.repeats) < 1:
         p.error("--turns, --frames, --chunk-frames and --repeats must be at least 1")
