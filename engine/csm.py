@@ -15,6 +15,8 @@ One generated frame (DESIGN.md, REFERENCE.md):
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,9 +24,12 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .kv_cache import KVCache
-from .llama import Llama, LlamaArgs
+from .llama import Linear, Llama, LlamaArgs, head_matmul
 
 Sampler = Callable[[mx.array], mx.array]  # logits (B, V) -> codes (B,) int32
+
+# Run the per-frame depth-decoder loop as one compiled graph (see CSM.generate_frame).
+COMPILE_FRAMES = os.environ.get("CSM_COMPILE", "1") != "0"
 
 # Rows embedded at once by embed_rows: bounds the (B, chunk, K, Db) gather of the audio table.
 EMBED_CHUNK_ROWS = 128
@@ -84,11 +89,13 @@ class CSM(nn.Module):
         self.decoder = Llama(config.decoder)
         self.text_embeddings = nn.Embedding(config.text_vocab_size, Db)
         self.audio_embeddings = nn.Embedding(K * V, Db)
-        self.projection = nn.Linear(Db, Dd, bias=False)
-        self.codebook0_head = nn.Linear(Db, V, bias=False)
+        self.projection = Linear(Db, Dd)
+        self.codebook0_head = Linear(Db, V)
         self.audio_head = mx.zeros((K - 1, Dd, V))
         self._codebook_offsets = mx.arange(K, dtype=mx.int32) * V  # (K,)
         self._decoder_cache: list[KVCache] | None = None
+        self._compiled_frames: dict = {}  # sampler -> compiled frame function
+        self._compile_failed = False
 
     # ---- embeddings -------------------------------------------------------------------------
     def embed_rows(self, tokens, mask) -> mx.array:
@@ -142,19 +149,62 @@ class CSM(nn.Module):
         return self.decoder.norm.weight.dtype
 
     def generate_frame(self, h_last: mx.array, sampler: Sampler) -> mx.array:
-        """Sample one frame: h_last (B, Db) -> codes (B, K) int32. Builds one lazy graph."""
+        """Sample one frame: h_last (B, Db) -> codes (B, K) int32.
+
+        The 32 steps run as one compiled graph per sampler (mx.compile; the sampler's draws come
+        from mx.random's global state, which the compiled function reads and advances exactly as
+        the plain path does). Set CSM_COMPILE=0 (or COMPILE_FRAMES = False) to run it op by op.
+        """
+        if COMPILE_FRAMES and not self._compile_failed:
+            fn = self._compiled_frame(sampler)
+            if fn is not None:
+                try:
+                    return fn(h_last)
+                except RuntimeError as err:  # e.g. no C++ compiler for MLX's CPU kernels
+                    warnings.warn(f"compiled frame step unavailable ({err}); running uncompiled")
+                    self._compile_failed = True
+        return self._frame(h_last, sampler, self._frame_decoder_cache(h_last.shape[0]))
+
+    def _compiled_frame(self, sampler: Sampler):
+        try:
+            fn = self._compiled_frames.get(sampler)
+        except TypeError:  # an unhashable sampler: no compiled cache for it
+            return None
+        if fn is None:
+            if len(self._compiled_frames) >= 8:
+                self._compiled_frames.clear()
+
+            def frame(h_last):
+                cache = self.decoder.new_cache(self.config.audio_num_codebooks, batch=h_last.shape[0],
+                                               dtype=self._act_dtype())
+                return self._frame(h_last, sampler, cache)
+
+            fn = mx.compile(frame, inputs=[mx.random.state], outputs=[mx.random.state])
+            self._compiled_frames[sampler] = fn
+        return fn
+
+    def _frame(self, h_last: mx.array, sampler: Sampler, cache: list[KVCache]) -> mx.array:
+        """One frame as a lazy graph; `cache` is the depth decoder's (empty, K positions)."""
         K = self.config.audio_num_codebooks
         c = sampler(self.codebook0_head(h_last)).astype(mx.int32)  # (B,)
         codes = [c]
-        cache = self._frame_decoder_cache(h_last.shape[0])
         x = mx.concatenate([h_last[:, None, :], self._embed_code(0, c)], axis=1)  # (B, 2, Db)
         for i in range(1, K):
             h = self.decoder(self.projection(x), cache)  # (B, t, Dd)
-            c = sampler(h[:, -1, :] @ self.audio_head[i - 1]).astype(mx.int32)  # (B,)
+            c = sampler(head_matmul(h[:, -1, :], self.audio_head[i - 1])).astype(mx.int32)  # (B,)
             codes.append(c)
             if i < K - 1:
                 x = self._embed_code(i, c)  # (B, 1, Db)
         return mx.stack(codes, axis=1)
+
+    # Compiled graphs hold the weights they were traced with: forget them when weights change.
+    def update(self, parameters: dict, *args, **kwargs):
+        self._compiled_frames = {}
+        return super().update(parameters, *args, **kwargs)
+
+    def update_modules(self, modules: dict, *args, **kwargs):
+        self._compiled_frames = {}
+        return super().update_modules(modules, *args, **kwargs)
 
     def frame_logits(self, h_last: mx.array, codes: mx.array) -> mx.array:
         """Teacher-forced logits of one frame: h_last (B, Db), codes (B, K) -> (B, K, V).

@@ -15,6 +15,7 @@ permuted back at load time (see engine/weights.py).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -63,6 +64,34 @@ def llama3_inv_freqs(head_dim: int, theta: float, scaling: dict | None) -> np.nd
     return np.where(wavelen < old / high, inv, np.where(wavelen > old / low, inv / factor, blended))
 
 
+# On Linux CPUs (MLX 0.32 + OpenBLAS 0.3.31, x86-64) `W @ x^T` runs 2-5x faster than the equal
+# `x @ W^T` for the weight shapes here and 1..512 rows of x (isolated matmuls); a whole full-size
+# depth-decoder frame got 10-20% faster. Elsewhere (GPU, macOS Accelerate) the usual form is kept.
+MATMUL_WEIGHT_LEFT = sys.platform.startswith("linux")
+
+
+def _weight_left() -> bool:
+    return MATMUL_WEIGHT_LEFT and mx.default_device() == mx.cpu
+
+
+class Linear(nn.Linear):
+    """nn.Linear without bias; the product is oriented for the backend (see MATMUL_WEIGHT_LEFT)."""
+
+    def __init__(self, input_dims: int, output_dims: int):
+        super().__init__(input_dims, output_dims, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not _weight_left():
+            return x @ self.weight.T
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        return (self.weight @ rows.T).T.reshape(*x.shape[:-1], -1)  # (..., out)
+
+
+def head_matmul(h: mx.array, w: mx.array) -> mx.array:
+    """h (N, in) @ w (in, out), oriented as Linear is."""
+    return (w.T @ h.T).T if _weight_left() else h @ w
+
+
 class Attention(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
@@ -70,10 +99,10 @@ class Attention(nn.Module):
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
         self.scale = args.head_dim**-0.5
-        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.q_proj = Linear(args.dim, args.n_heads * args.head_dim)
+        self.k_proj = Linear(args.dim, args.n_kv_heads * args.head_dim)
+        self.v_proj = Linear(args.dim, args.n_kv_heads * args.head_dim)
+        self.o_proj = Linear(args.n_heads * args.head_dim, args.dim)
         # mx.fast.rope takes periods (1 / inverse frequency). Underscore: not a parameter.
         inv = llama3_inv_freqs(args.head_dim, args.rope_theta, args.rope_scaling)
         self._rope_periods = mx.array(1.0 / inv, dtype=mx.float32)
@@ -104,9 +133,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.gate_proj = Linear(args.dim, args.hidden_dim)
+        self.up_proj = Linear(args.dim, args.hidden_dim)
+        self.down_proj = Linear(args.hidden_dim, args.dim)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
