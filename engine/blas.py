@@ -179,6 +179,18 @@ def _set_threads(lib: ctypes.CDLL) -> int | None:
     return int(get()) if get is not None else None
 
 
+def set_threads(n: int) -> int | None:
+    """Change the loaded OpenBLAS's thread count at run time; returns the count in force (None: none loaded)."""
+    info = blas_info()
+    if not info.loaded or not _handles:
+        return None
+    lib = ctypes.CDLL(info.path, mode=ctypes.RTLD_GLOBAL)  # the same handle: already loaded
+    lib.openblas_set_num_threads.argtypes = [ctypes.c_int]
+    lib.openblas_set_num_threads(max(1, int(n)))
+    info.threads = int(lib.openblas_get_num_threads())
+    return info.threads
+
+
 def default_threads() -> int:
     """One core fewer than this process may use (at least 1).
 

@@ -135,35 +135,53 @@ def _sampler():
     return make_sampler(temperature=0.9, top_k=50)
 
 
-def _frame_step(model: CSM, sampler, use_compiled: bool):
-    """The engine's fastest one-frame step when it has one (compiled), else the eager API."""
-    step = getattr(model, "compiled_frame_step", None) if use_compiled else None
-    if step is not None:
-        return step(sampler)
+def set_compiled(model: CSM, on: bool) -> bool:
+    """Switch the engine's compiled frame step (engine.csm.COMPILE_FRAMES) on or off; True if it has one."""
+    import engine.csm as csm_module
 
-    def eager(codes: mx.array, cache) -> mx.array:  # codes (1, K) -> next codes (1, K)
+    if not hasattr(csm_module, "COMPILE_FRAMES"):
+        return False
+    csm_module.COMPILE_FRAMES = bool(on)
+    getattr(model, "_compiled_frames", {}).clear()
+    return True
+
+
+def _frame_step(model: CSM, sampler):
+    """One frame fed back as a row, then the next frame sampled: codes (1, K) -> next codes (1, K)."""
+
+    def step(codes: mx.array, cache) -> mx.array:
         h = model.backbone(model.frame_embedding(codes), cache)  # (1, 1, Db)
         return model.generate_frame(h[:, -1, :], sampler)
 
-    return eager
+    return step
 
 
-def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, use_compiled: bool = True,
-            mimi=None, chunk_frames: int = 6) -> dict:
+def run_frames(model: CSM, step, codes: mx.array, cache, frames: int) -> tuple[np.ndarray, float]:
+    """`frames` frames after `codes`, driven as the generator does (the next frame is launched with
+    mx.async_eval before the current one is read). -> (codes (frames, K), seconds)."""
+    out = []
+    start = time.perf_counter()
+    for _ in range(frames):
+        nxt = step(codes, cache)  # built while the previous frame may still be computing
+        mx.async_eval(nxt)
+        out.append(np.array(codes)[0])
+        codes = nxt
+    out.append(np.array(codes)[0])
+    return np.stack(out[1:]).astype(np.int32), time.perf_counter() - start
+
+
+def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, mimi=None, chunk_frames: int = 6) -> dict:
     """Time prefill, the frame loop and (with `mimi`) decoding. Returns the figures as a dict."""
     config = model.config
     tokens, mask = random_prompt(prompt_rows, config, seed)
     sampler = _sampler()
-    step = _frame_step(model, sampler, use_compiled)
+    step = _frame_step(model, sampler)
     mx.random.seed(seed)
 
     # Warm-up on a scratch cache: first calls pay for allocations and (compiled) tracing.
     scratch = model.new_backbone_cache(prompt_rows + 8)
     h = model.backbone(model.embed_rows(tokens[None, :4], mask[None, :4]), scratch)
-    codes = model.generate_frame(h[:, -1, :], sampler)
-    for _ in range(2):
-        codes = step(codes, scratch)
-    mx.eval(codes)
+    run_frames(model, step, model.generate_frame(h[:, -1, :], sampler), scratch, 2)
     del scratch
     mx.reset_peak_memory()
 
@@ -176,20 +194,9 @@ def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, use_com
     codes = model.generate_frame(h[:, -1, :], sampler)
     mx.eval(codes)
     first_frame_s = time.perf_counter() - start - prefill_s
-    out = [np.array(codes)[0]]
-    loop_start = time.perf_counter()
-    for n in range(1, frames):
-        nxt = step(codes, cache)  # built while the previous frame may still be computing
-        mx.async_eval(nxt)
-        if n > 1:
-            out.append(np.array(codes)[0])
-        codes = nxt
-    if frames > 1:
-        out.append(np.array(codes)[0])
-    loop_s = time.perf_counter() - loop_start
-    codes_np = np.stack(out).astype(np.int32)  # (frames, K)
+    rest, loop_s = run_frames(model, step, codes, cache, frames - 1)
+    codes_np = np.concatenate([np.array(codes), rest]) if frames > 1 else np.array(codes)  # (frames, K)
     steady_fps = (frames - 1) / loop_s if frames > 1 else 1.0 / first_frame_s
-    total_s = first_frame_s + loop_s
 
     result = {
         "frames": frames,
@@ -200,21 +207,44 @@ def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, use_com
         "frames_per_second": steady_fps,
         "ms_per_frame": 1000.0 / steady_fps,
         "real_time_factor": (1.0 / steady_fps) / FRAME_SECONDS,
-        "generation_seconds": total_s,
+        "generation_seconds": first_frame_s + loop_s,
         "frames_all_decodable": bool((codes_np < 2048).all()),
         "mimi_decode_realtime_multiple": None,
         "mimi_decode_seconds": None,
-        "codes": codes_np,
+        "codes": codes_np.astype(np.int32),
     }
     first_chunk = min(chunk_frames, frames)
-    # Frames of the first streamed chunk arrive at: prefill + first frame + (chunk-1) steady frames.
+    # Frames of the first streamed chunk are ready at: prefill + first frame + (chunk-1) steady frames.
     first_chunk_ready = prefill_s + first_frame_s + (first_chunk - 1) / steady_fps
     result["time_to_first_audio"] = first_chunk_ready
     if mimi is not None:
-        result.update(measure_mimi(mimi, codes_np, first_chunk))
+        result.update(measure_mimi(mimi, result["codes"], first_chunk))
         result["time_to_first_audio"] = first_chunk_ready + result["mimi_first_chunk_seconds"]
     result["peak_memory_gb"] = mx.get_peak_memory() / 1e9
     return result
+
+
+def compare(model: CSM, variants: dict, frames: int, rounds: int = 3, seed: int = 0) -> dict:
+    """Frames/s of each variant, measured side by side: the variants take turns, `rounds` times, on
+    the same model in one process (so a busy machine slows them alike). `variants` maps a name to a
+    function that switches the engine into that variant. -> {name: {"fps": [...], "codes": ...}}"""
+    sampler = _sampler()
+    step = _frame_step(model, sampler)
+    tokens, mask = random_prompt(8, model.config, seed)
+    results = {name: {"fps": []} for name in variants}
+    for r in range(rounds + 1):  # round 0 warms each variant up (compiles, allocates)
+        for name, switch in variants.items():
+            switch()
+            mx.random.seed(seed)
+            cache = model.new_backbone_cache(8 + frames + 2)
+            h = model.backbone(model.embed_rows(tokens[None], mask[None]), cache)
+            first = model.generate_frame(h[:, -1, :], sampler)
+            mx.eval(first)
+            codes, seconds = run_frames(model, step, first, cache, frames if r else 2)
+            if r:
+                results[name]["fps"].append(frames / seconds)
+                results[name]["codes"] = codes
+    return results
 
 
 def measure_mimi(mimi, codes: np.ndarray, first_chunk: int) -> dict:
@@ -238,19 +268,11 @@ def build_mimi(size: str):
     """A random full-size (or tiny) Mimi from engine.mimi, or None when the codec is not available."""
     try:
         from engine.mimi import Mimi, MimiConfig
+        from engine.mimi.testing import tiny_mimi_config, tiny_mimi_weights
     except ImportError:
         return None
-    if size == "tiny":
-        try:
-            from engine.mimi.testing import tiny_config as tiny_mimi_config
-        except ImportError:
-            return None
-        config = tiny_mimi_config()
-    else:
-        config = MimiConfig()
-    mimi = Mimi(config)
-    mx.eval(mimi.parameters())
-    return mimi
+    config = MimiConfig().to_dict() if size == "full" else tiny_mimi_config()
+    return Mimi.from_weights(tiny_mimi_weights(config, seed=0), config)
 
 
 def device_name() -> str:
@@ -274,8 +296,8 @@ def run(args) -> dict:
         args.dtype = next(k for k, v in DTYPES.items() if v == default_dtype())
     model, load_s, quant_error = build_model(args)
     mimi = None if args.no_mimi else build_mimi(args.size)
-    r = measure(model, args.prompt_tokens, args.frames, seed=args.seed, use_compiled=args.compile,
-                mimi=mimi, chunk_frames=args.chunk_frames)
+    compiled = set_compiled(model, args.compile) and args.compile
+    r = measure(model, args.prompt_tokens, args.frames, seed=args.seed, mimi=mimi, chunk_frames=args.chunk_frames)
     r.pop("codes")
     info = blas_info()
     r.update({
@@ -284,7 +306,7 @@ def run(args) -> dict:
         "model": args.model or f"random CSM-1B ({args.size})",
         "dtype": args.dtype,
         "quantize": args.quantize,
-        "compiled": bool(args.compile and hasattr(model, "compiled_frame_step")),
+        "compiled": compiled,
         "device": device_name(),
         "mlx_version": mx.__version__,
         "blas": info.describe(),
@@ -293,6 +315,66 @@ def run(args) -> dict:
         "command": "python -m engine.bench " + " ".join(args.argv),
     })
     return r
+
+
+def comparison_variants(which: str) -> dict:
+    """Named switches for --compare: 'compile' (eager / compiled frame step, each with and without
+    the weight-left matmuls) or 'threads' (1 and 2 OpenBLAS threads)."""
+    import engine.llama as llama
+    from engine.blas import default_threads, set_threads
+
+    def setup(compiled: bool, weight_left: bool, threads: int | None = None):
+        def switch():
+            if hasattr(llama, "MATMUL_WEIGHT_LEFT"):
+                llama.MATMUL_WEIGHT_LEFT = weight_left
+            set_compiled(_current_model, compiled)
+            if threads is not None:
+                set_threads(threads)
+        return switch
+
+    if which == "threads":
+        return {"1 BLAS thread": setup(True, True, 1), "2 BLAS threads": setup(True, True, 2)}
+    threads = default_threads()
+    return {
+        "eager, x @ W.T (before)": setup(False, False, threads),
+        "eager, W @ x.T": setup(False, True, threads),
+        "compiled, x @ W.T": setup(True, False, threads),
+        "compiled, W @ x.T (default)": setup(True, True, threads),
+    }
+
+
+_current_model = None
+
+
+def run_compare(args) -> dict:
+    global _current_model
+    model, load_s, _ = build_model(args)
+    _current_model = model
+    variants = comparison_variants(args.compare)
+    results = compare(model, variants, args.frames, rounds=args.rounds, seed=args.seed)
+    first = next(iter(results))
+    rows = []
+    for name, r in results.items():
+        fps = float(np.median(r["fps"]))
+        rows.append({"variant": name, "frames_per_second": fps, "real_time_factor": 1 / fps / FRAME_SECONDS,
+                     "all_fps": r["fps"], "speedup": fps / float(np.median(results[first]["fps"])),
+                     "same_codes_as_first": bool(np.array_equal(r["codes"], results[first]["codes"]))})
+    return {"compare": args.compare, "frames": args.frames, "rounds": args.rounds, "dtype": args.dtype,
+            "quantize": args.quantize, "model": args.model or f"random CSM-1B ({args.size})",
+            "device": device_name(), "mlx_version": mx.__version__, "blas": blas_info().describe(),
+            "load_seconds": load_s, "rows": rows, "command": "python -m engine.bench " + " ".join(args.argv)}
+
+
+def format_compare(r: dict) -> str:
+    lines = [f"{r['model']}, {r['dtype']}{', %d-bit' % r['quantize'] if r['quantize'] else ''}; {r['device']}; "
+             f"MLX {r['mlx_version']}; {r['blas']}",
+             f"{r['frames']} frames x {r['rounds']} rounds, variants taking turns; median frames/s",
+             f"{'variant':<32} {'frames/s':>9} {'RTF':>8} {'speedup':>8}  same codes"]
+    for row in r["rows"]:
+        lines.append(f"{row['variant']:<32} {row['frames_per_second']:>9.3f} {row['real_time_factor']:>8.2f} "
+                     f"{row['speedup']:>7.2f}x  {row['same_codes_as_first']}")
+    lines.append(f"command: {r['command']}")
+    return "\n".join(lines)
 
 
 def format_table(r: dict) -> str:
@@ -340,6 +422,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-mimi", action="store_true", help="skip the codec decode")
     p.add_argument("--compile", dest="compile", action="store_true", default=True)
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compare", choices=("compile", "threads"), default=None,
+                   help="measure variants side by side, taking turns, instead of the usual run")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if args.frames < 1 or args.prompt_tokens < 1:
@@ -355,6 +440,14 @@ def main(argv: list[str] | None = None) -> int:
         # The BLAS was bound when MLX was imported: only a fresh process can run without it.
         env = {**os.environ, ENV_SWITCH: "0"}
         return subprocess.call([sys.executable, "-m", "engine.bench", "generation", *argv], env=env)
+    if args.compare:
+        if args.dtype is None:
+            from engine.device import default_dtype
+
+            args.dtype = next(k for k, v in DTYPES.items() if v == default_dtype())
+        result = run_compare(args)
+        print(json.dumps(result) if args.json else format_compare(result), flush=True)
+        return 0
     result = run(args)
     print(json.dumps(result) if args.json else format_table(result), flush=True)
     return 0
