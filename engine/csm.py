@@ -49,7 +49,7 @@ def llama_1b() -> LlamaArgs:
     """Sesame's "llama-1B" backbone flavour."""
     return LlamaArgs(
         dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, hidden_dim=8192,
-        norm_eps=1e-5, rope_theta=500000.0, rope_scaling=SESAME_ROPE_SCALING, max_seq_len=2048,
+        norm_eps=1e-5, rope_theta=500000.0, rope_scaling=dict(SESAME_ROPE_SCALING), max_seq_len=2048,
     )
 
 
@@ -57,7 +57,7 @@ def llama_100m() -> LlamaArgs:
     """Sesame's "llama-100M" depth-decoder flavour."""
     return LlamaArgs(
         dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=128, hidden_dim=8192,
-        norm_eps=1e-5, rope_theta=500000.0, rope_scaling=SESAME_ROPE_SCALING, max_seq_len=2048,
+        norm_eps=1e-5, rope_theta=500000.0, rope_scaling=dict(SESAME_ROPE_SCALING), max_seq_len=2048,
     )
 
 

@@ -273,3 +273,35 @@ def test_codec_sources(tmp_path, tiny_model_path):
     assert beside.weights is None and beside.file == folder / "codec"
     with pytest.raises(WeightsError, match="kyutai/moshiko-pytorch-bf16"):
         codec_source(GOLDEN / "csm_tiny_sesame")  # no codec there, and offline
+
+
+def test_published_transformers_config_is_the_sesame_model():
+    """sesame/csm-1b's transformers config (as published: rope_theta + rope_scaling) maps onto the same
+    hyperparameters, RoPE frequencies included, as Sesame's llama-1B / llama-100M flavours."""
+    from engine.llama import llama3_inv_freqs
+    from engine.weights import _sesame_config, _transformers_config
+
+    published = {
+        "model_type": "csm", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 2048, "rope_theta": 500000,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 0.5, "low_freq_factor": 0.125,
+                         "original_max_position_embeddings": 1024, "rope_type": "llama3"},
+        "text_vocab_size": 128256, "vocab_size": 2051, "num_codebooks": 32,
+        "depth_decoder_config": {
+            "hidden_size": 1024, "intermediate_size": 8192, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "head_dim": 128, "rms_norm_eps": 1e-5, "max_position_embeddings": 33,
+            "rope_theta": 500000,
+            "rope_scaling": {"factor": 32.0, "high_freq_factor": 0.0078125, "low_freq_factor": 0.001953125,
+                             "original_max_position_embeddings": 16, "rope_type": "llama3"},
+            "backbone_hidden_size": 2048, "vocab_size": 2051, "num_codebooks": 32,
+        },
+    }
+    hf = _transformers_config(published)
+    ses = _sesame_config({"backbone_flavor": "llama-1B", "decoder_flavor": "llama-100M"})
+    for a, b in ((hf.backbone, ses.backbone), (hf.decoder, ses.decoder)):
+        assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.head_dim, a.hidden_dim, a.norm_eps) == \
+               (b.dim, b.n_layers, b.n_heads, b.n_kv_heads, b.head_dim, b.hidden_dim, b.norm_eps)
+        np.testing.assert_allclose(llama3_inv_freqs(a.head_dim, a.rope_theta, a.rope_scaling),
+                                   llama3_inv_freqs(b.head_dim, b.rope_theta, b.rope_scaling), rtol=1e-12)
+    assert (hf.text_vocab_size, hf.audio_vocab_size, hf.audio_num_codebooks, hf.max_seq_len) == (128256, 2051, 32, 2048)
