@@ -48,3 +48,30 @@ def test_random_prompt_rows():
 
 def test_unknown_subcommand_falls_back_to_generation_parser():
     assert bench_main.SUBCOMMANDS[0] == "generation"
+
+
+def test_default_dtype_by_device(monkeypatch):
+    import pytest
+
+    from engine.device import default_dtype
+    from engine.errors import InputError
+
+    monkeypatch.delenv("CSM_DTYPE", raising=False)
+    expected = mx.bfloat16 if mx.default_device().type == mx.DeviceType.gpu else mx.float32
+    assert default_dtype() == expected
+    monkeypatch.setenv("CSM_DTYPE", "bfloat16")
+    assert default_dtype() == mx.bfloat16
+    monkeypatch.setenv("CSM_DTYPE", "float64")
+    with pytest.raises(InputError):
+        default_dtype()
+
+
+def test_compare_runs_variants_side_by_side(capsys):
+    code = generation.main(["--size", "tiny", "--frames", "2", "--rounds", "1", "--compare", "compile", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    names = [row["variant"] for row in result["rows"]]
+    assert len(names) == 4 and all(len(row["all_fps"]) == 1 for row in result["rows"])
+    # the compiled frame step draws the same codes as the eager one (same matmul orientation)
+    compiled = next(row for row in result["rows"] if row["variant"].startswith("compiled, x @ W.T"))
+    assert compiled["same_codes_as_first"]
