@@ -90,7 +90,8 @@ def test_ten_turns_with_reuse_equal_without(tmp_path, model):
         fresh = new_rows(turn, previous)
         assert fresh <= turn.timing["prefill_tokens"] < fresh + model.generator.block, n
         assert turn.timing["prefill_tokens"] + turn.timing["cached_tokens"] == turn.timing["prompt_rows"]
-        assert turn.timing["prefill_tokens"] < turn.timing["prompt_rows"] // 4
+        # never the history (beyond the block tail allowed above)
+        assert turn.timing["prefill_tokens"] - (model.generator.block - 1) < turn.timing["prompt_rows"] // 4
     for turn in runs[False]:  # without reuse the whole prompt is computed every time
         assert turn.timing["prefill_tokens"] == turn.timing["prompt_rows"]
 
