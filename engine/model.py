@@ -279,10 +279,20 @@ class CSMModel:
             raise InputError(f"seed must be a non-negative int or None, got {seed!r}")
         seed = int(seed)
 
-        texts = [text] if isinstance(text, str) else list(text) if text is not None else []
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, (list, tuple)):
+            texts = list(text)
+        else:
+            raise InputError(f"text must be a str or a list of str, got {type(text).__name__}")
         if not texts:
             raise InputError("The text to speak is empty; give at least one word.")
         lines = [self._prepare_text(t, normalize) for t in texts]
+        if isinstance(max_piece_chars, bool) or not isinstance(max_piece_chars, (int, np.integer)) \
+                or max_piece_chars < 1:
+            raise InputError(f"max_piece_chars must be a positive int, got {max_piece_chars!r}")
+        if isinstance(context, Segment) or not isinstance(context, (list, tuple, type(None))):
+            raise InputError("context must be a list of Segment objects (earlier turns, oldest first)")
         reference = self.voice_prompt(voice, ref_audio, ref_text, speaker)
         context = [self.with_codes(s) for s in (context or ())]
         plans = [plan for line in lines

@@ -239,6 +239,8 @@ def test_text_is_split_further_to_fit_the_context(tiny_model):
 def test_empty_text(tiny_model, text):
     with pytest.raises(InputError, match="empty"):
         tiny_model.generate(text)
+    with pytest.raises(InputError, match="str"):
+        tiny_model.generate(42)
 
 
 def test_unknown_voice_lists_the_known_ones(tiny_model):
@@ -278,6 +280,8 @@ def test_context_that_cannot_fit_even_alone(tiny_model):
     ({"speaker": -1}, "speaker"),
     ({"seed": -3}, "seed"),
     ({"voice_matching": True}, "unknown"),
+    ({"max_piece_chars": 0}, "max_piece_chars"),
+    ({"context": Segment(0, "one turn, not a list")}, "list of Segment"),
 ])
 def test_bad_options(tiny_model, options, match):
     with pytest.raises(InputError, match=match):
