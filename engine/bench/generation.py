@@ -75,13 +75,24 @@ def random_csm(config: CSMConfig, dtype=mx.float32, seed: int = 0, std: float = 
         if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
             value = mx.ones(p.shape, dtype=dtype)
         else:
-            start = int(rng.integers(0, pool_size))
-            reps = -(-(start + p.size) // pool_size)
-            value = mx.tile(pool, reps)[start : start + p.size].reshape(p.shape)
+            value = _cut(pool, int(rng.integers(0, pool_size)), p.size).reshape(p.shape)
         mx.eval(value)  # one tensor at a time: the peak stays near the model's size
         new.append((name, value))
     model.update(tree_unflatten(new))
     return model
+
+
+def _cut(pool: mx.array, start: int, size: int) -> mx.array:
+    """`size` values of `pool` read cyclically from `start`, in a buffer of their own (a slice of a
+    tiled pool would keep the whole tiled buffer alive)."""
+    n = pool.shape[0]
+    parts, left = [], size
+    while left > 0:
+        take = min(left, n - start)
+        parts.append(pool[start : start + take])
+        left -= take
+        start = 0
+    return parts[0] + 0 if len(parts) == 1 else mx.concatenate(parts)
 
 
 def random_prompt(rows: int, config: CSMConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
