@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import secrets
 import time
 import warnings
@@ -93,6 +94,19 @@ class GenerationResult:
 def _audio_key(audio: np.ndarray) -> str:
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     return hashlib.sha1(audio.tobytes()).hexdigest()
+
+
+_SENTENCE_END = re.compile(r"""[.!?…]["'”’)\]]*\s*$""")
+_WEAK_END = re.compile(r"""[\s,;:–—-]+$""")
+
+
+def end_sentence(text: str) -> str:
+    """`text` ending as a sentence: a final comma, colon, semicolon or dash becomes a full stop,
+    and a line with no sentence end gets one. CSM often stops right on the last phoneme (cutting
+    its release) when a line does not end as a sentence (Sesame csm issue #119)."""
+    if _SENTENCE_END.search(text):
+        return text
+    return _WEAK_END.sub("", text.rstrip()) + "."
 
 
 def _check_clip_length(audio: np.ndarray, what: str) -> None:
@@ -213,12 +227,16 @@ class CSMModel:
 
     def text_rows(self, text: str, speaker: int = 0, normalize: bool = True) -> int:
         """Backbone positions the new line's text takes (BOS "[speaker]text" EOS)."""
-        text = " ".join(self._prepare_text(text, normalize).split())
-        return len(self.tokenizer.encode_segment(int(speaker), text))
+        return len(self.tokenizer.encode_segment(int(speaker), self.spoken_text(text, normalize)))
 
     def max_frames_for(self, text: str, max_audio_length_ms: float = 90_000, normalize: bool = True) -> int:
         """The frame cap for a line: the text-length estimate, capped by max_audio_length_ms / 80."""
-        return frame_cap(" ".join(self._prepare_text(text, normalize).split()), max_audio_length_ms)[0]
+        return frame_cap(self.spoken_text(text, normalize), max_audio_length_ms)[0]
+
+    def spoken_text(self, text: str, normalize: bool = True) -> str:
+        """The text as generate() speaks it (one piece): normalised to spoken form, ending as a
+        sentence, whitespace collapsed. With normalize=False: whitespace collapsed only."""
+        return " ".join(self._prepare_text(text, normalize).split())
 
     @staticmethod
     def _prepare_text(text: str, normalize: bool) -> str:
@@ -230,7 +248,7 @@ class CSMModel:
             text = normalize_text(text)
         if not text.strip():
             raise InputError("The text to speak is empty; give at least one word.")
-        return text
+        return end_sentence(text) if normalize else text
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -297,7 +315,7 @@ class CSMModel:
         context = [self.with_codes(s) for s in (context or ())]
         plans = [plan for line in lines
                  for plan in self._plan_pieces(line, speaker, context, reference, voice_match,
-                                               max_audio_length_ms, max_piece_chars)]
+                                               max_audio_length_ms, max_piece_chars, normalize)]
         return self._generate(plans, sampler=sampler, seed=seed, stream=stream,
                               chunk_frames=chunk_frames, reuse_cache=reuse_cache,
                               watermark=watermark, on_frame=on_frame, started=started)
@@ -311,12 +329,17 @@ class CSMModel:
         return build_prompt([*head, *context], speaker, piece, self.tokenizer)
 
     def _plan_pieces(self, line: str, speaker, context, reference, voice_match, max_audio_length_ms,
-                     max_piece_chars) -> list["_Piece"]:
-        """Split one line into pieces whose prompt + frame cap fit the backbone's positions."""
+                     max_piece_chars, finish_sentences: bool = True) -> list["_Piece"]:
+        """Split one line into pieces whose prompt + frame cap fit the backbone's positions (each
+        piece ending as a sentence when `finish_sentences`)."""
         from engine.text import split_text
 
+        def split(text: str, limit: int) -> list[tuple[str, int]]:
+            parts = split_text(text, limit)
+            return [(end_sentence(p) if finish_sentences else p, limit) for p in parts]
+
         pieces = []
-        todo = [(p, max_piece_chars) for p in split_text(line, max_piece_chars)]
+        todo = split(line, max_piece_chars)
         while todo:
             piece, limit = todo.pop(0)
             tokens, mask = self._build_prompt(piece, speaker, context, reference, voice_match)
@@ -326,7 +349,7 @@ class CSMModel:
                 continue
             smaller = min(limit, len(piece)) // 2
             if smaller >= MIN_PIECE_CHARS and len(piece) > smaller:
-                todo[:0] = [(p, smaller) for p in split_text(piece, smaller)]
+                todo[:0] = split(piece, smaller)
                 continue
             raise ContextTooLongError(self._too_long_message(len(tokens), frames, piece, context,
                                                              reference))

@@ -116,6 +116,7 @@ def test_max_frames_for_is_the_stricter_cap(tiny_model):
     assert tiny_model.max_frames_for(text, 800) == 10
     long_cap = tiny_model.max_frames_for(text, 90_000)
     assert long_cap == text_frame_cap("I have two cats and three dogs.")  # normalised first
+    assert tiny_model.max_frames_for("Hello", 90_000) == text_frame_cap("Hello.")
     assert tiny_model.max_frames_for(text, 90_000, normalize=False) == text_frame_cap(text)
     assert 20 < long_cap < 1125
 
@@ -203,6 +204,17 @@ def test_text_is_normalised_unless_asked_not_to(tiny_model):
     assert spoken.text == "I have two cats."
     raw, = run(tiny_model, "I have 2 cats.", voice=None, normalize=False)
     assert raw.text == "I have 2 cats."
+
+
+def test_lines_end_as_sentences_when_normalising(tiny_model):
+    # CSM tends to stop right on the last phoneme of a line that does not end as a sentence
+    assert tiny_model.spoken_text("and then we left,") == "and then we left."
+    assert tiny_model.spoken_text("Really?") == "Really?"
+    assert tiny_model.spoken_text("  two   words ", normalize=False) == "two words"
+    r, = run(tiny_model, "no full stop here", voice=None)
+    assert r.text == "no full stop here."
+    raw, = run(tiny_model, "no full stop here", voice=None, normalize=False)
+    assert raw.text == "no full stop here"
 
 
 def test_a_list_of_texts_gives_one_utterance_each(tiny_model):
