@@ -75,3 +75,13 @@ def test_compare_runs_variants_side_by_side(capsys):
     # the compiled frame step draws the same codes as the eager one (same matmul orientation)
     compiled = next(row for row in result["rows"] if row["variant"].startswith("compiled, x @ W.T"))
     assert compiled["same_codes_as_first"]
+
+
+def test_generator_path_makes_the_fixed_frame_count(capsys):
+    code = generation.main(["--size", "tiny", "--frames", "4", "--prompt-tokens", "6", "--generator", "--json",
+                            "--chunk-frames", "2"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    g = result["generator"]
+    assert g["frames"] == 4 and g["chunks"] >= 2
+    assert result["mimi_decode_realtime_multiple"] is None or result["mimi_decode_realtime_multiple"] > 0

@@ -15,7 +15,9 @@ of audio (below 1 is faster than real time); one frame is 80 ms of audio.
 Options: --dtype float32|bfloat16|float16 (default: engine.device.default_dtype()), --quantize 8|4,
 --prompt-tokens N, --frames N, --size full|tiny (tiny is for tests), --no-openblas (runs itself
 again in a fresh process with CSM_OPENBLAS=0, since the BLAS is chosen before MLX is imported),
---no-mimi, --compile / --no-compile (the compiled frame step, when the engine has one).
+--no-mimi, --compile / --no-compile (the engine's compiled frame step), --generator (the same work
+again through engine.generator: streaming, Mimi decode overlapped, as CSMModel.generate runs it),
+--compare compile|threads (variants measured side by side, taking turns in one process).
 """
 
 from __future__ import annotations
@@ -235,6 +237,32 @@ def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, mimi=No
     return result
 
 
+def measure_generator(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, mimi=None,
+                      chunk_frames: int = 6) -> dict | None:
+    """The same work through engine.generator.Generator (streaming, Mimi decoding overlapped with the
+    frame loop): what a user of CSMModel.generate sees. None when the generator is not available."""
+    try:
+        from engine.generator import Generator
+    except ImportError:
+        return None
+    tokens, mask = random_prompt(prompt_rows, model.config, seed)
+    gen = Generator(model, codec=mimi)
+    mx.random.seed(seed)
+    start = time.perf_counter()
+    chunks = list(gen.generate(tokens, mask, max_frames=frames, sampler=_sampler(), stream=mimi is not None,
+                               chunk_frames=chunk_frames, reuse_cache=False, decode=mimi is not None))
+    seconds = time.perf_counter() - start
+    produced = len(chunks[-1].frames)
+    return {
+        "frames": produced,
+        "stop_reason": chunks[-1].stop_reason,
+        "seconds": seconds,
+        "real_time_factor": seconds / (produced * FRAME_SECONDS) if produced else None,
+        "time_to_first_audio": chunks[0].first_audio_time - start if mimi is not None else None,
+        "chunks": len(chunks),
+    }
+
+
 def compare(model: CSM, variants: dict, frames: int, rounds: int = 3, seed: int = 0) -> dict:
     """Frames/s of each variant, measured side by side: the variants take turns, `rounds` times, on
     the same model in one process (so a busy machine slows them alike). `variants` maps a name to a
@@ -310,6 +338,9 @@ def run(args) -> dict:
     compiled = set_compiled(model, args.compile) and args.compile
     r = measure(model, args.prompt_tokens, args.frames, seed=args.seed, mimi=mimi, chunk_frames=args.chunk_frames)
     r.pop("codes")
+    if args.generator:
+        r["generator"] = measure_generator(model, args.prompt_tokens, args.frames, seed=args.seed, mimi=mimi,
+                                           chunk_frames=args.chunk_frames)
     info = blas_info()
     r.update({
         "load_seconds": load_s,
@@ -406,11 +437,17 @@ def format_table(r: dict) -> str:
         ("time to first audio", fmt(r["time_to_first_audio"], " s")),
         ("mimi decode", fmt(r["mimi_decode_realtime_multiple"], "x real time")),
         ("peak memory", fmt(r["peak_memory_gb"], " GB")),
+        *([("generator (streaming)", _generator_line(r["generator"]))] if r.get("generator") else []),
         *([("logits vs float", _error_line(r["quantization_logit_error"]))] if r["quantization_logit_error"] else []),
         ("command", r["command"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _generator_line(g: dict) -> str:
+    ttfa = f", first audio {g['time_to_first_audio']:.3f} s" if g["time_to_first_audio"] is not None else ""
+    return f"{g['frames']} frames in {g['seconds']:.3f} s (RTF {g['real_time_factor']:.3f}{ttfa}, {g['stop_reason']})"
 
 
 def _error_line(e: dict) -> str:
@@ -433,6 +470,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-mimi", action="store_true", help="skip the codec decode")
     p.add_argument("--compile", dest="compile", action="store_true", default=True)
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--generator", action="store_true",
+                   help="also run the same work through engine.generator (streaming, decode overlapped)")
     p.add_argument("--compare", choices=("compile", "threads"), default=None,
                    help="measure variants side by side, taking turns, instead of the usual run")
     p.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
