@@ -22,6 +22,8 @@ CSM_1B_GH_WATERMARK = (212, 211, 146, 56, 201)
 WATERMARK_SAMPLE_RATE = 44_100
 MESSAGE_SDR_DB = 36
 
+_NOT_INSTALLED = ("Output is not watermarked: install `silentcipher` (it needs PyTorch) to add the "
+                  "reference's CSM-1B audio watermark.")
 _lock = threading.Lock()
 _model = None
 _warned = False
@@ -62,10 +64,7 @@ def apply_watermark(audio, sample_rate: int, key=CSM_1B_GH_WATERMARK) -> np.ndar
     if audio.size == 0:
         return audio
     if not watermark_available():
-        _warn_once(
-            "Output is not watermarked: install `silentcipher` (it needs PyTorch) to add the "
-            "reference's CSM-1B audio watermark."
-        )
+        _warn_once(_NOT_INSTALLED)
         return audio
     import soxr
 
@@ -83,9 +82,11 @@ def apply_watermark(audio, sample_rate: int, key=CSM_1B_GH_WATERMARK) -> np.ndar
 
 
 def warn_streaming_unmarked() -> None:
-    """Streamed chunks are too short to carry the mark; say so once when it would apply."""
+    """Streamed chunks are not marked (SilentCipher marks whole clips); say so once."""
     if watermark_available():
         _warn_once(
             "Streamed audio is not watermarked (SilentCipher marks whole clips); generate "
             "without stream=True for watermarked output."
         )
+    else:
+        _warn_once(_NOT_INSTALLED)

@@ -315,3 +315,6 @@ def test_output_says_once_that_it_is_not_watermarked(tiny_model, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(tiny_model, voice=None)  # said once only
+    monkeypatch.setattr(wm, "_warned", False)
+    with pytest.warns(UserWarning, match="not watermarked"):
+        run(tiny_model, voice=None, stream=True)  # streaming says it too
