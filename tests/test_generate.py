@@ -318,3 +318,31 @@ def test_output_says_once_that_it_is_not_watermarked(tiny_model, monkeypatch):
     monkeypatch.setattr(wm, "_warned", False)
     with pytest.warns(UserWarning, match="not watermarked"):
         run(tiny_model, voice=None, stream=True)  # streaming says it too
+
+
+def test_watermark_follows_the_reference_when_silentcipher_is_there(monkeypatch):
+    """A stand-in silentcipher records what the reference's recipe hands it."""
+    import sys
+    import types
+
+    import engine.watermark as wm
+
+    calls = {}
+
+    class FakeModel:
+        def encode_wav(self, audio, rate, key, calc_sdr, message_sdr):
+            calls.update(rate=rate, key=key, calc_sdr=calc_sdr, sdr=message_sdr, n=len(audio))
+            return audio * 0.5, None
+
+    fake = types.ModuleType("silentcipher")
+    fake.get_model = lambda model_type, device: calls.setdefault("model_type", model_type) and FakeModel()
+    monkeypatch.setitem(sys.modules, "silentcipher", fake)
+    monkeypatch.setattr(wm, "_model", None)
+    audio = np.sin(np.linspace(0, 200, SR)).astype(np.float32)
+    marked = wm.apply_watermark(audio, SR)
+    assert calls["model_type"] == "44.1k"
+    assert calls["rate"] == 44_100 and calls["key"] == [212, 211, 146, 56, 201]
+    assert calls["sdr"] == 36 and calls["calc_sdr"] is False
+    assert abs(calls["n"] - 44_100) <= 2  # one second at 44.1 kHz
+    assert marked.shape == audio.shape and marked.dtype == np.float32
+    assert np.abs(marked[1000:-1000] - 0.5 * audio[1000:-1000]).max() < 1e-2
