@@ -69,7 +69,8 @@ def test_conv_stream_equals_whole(kwargs, sizes):
 
 
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=8, stride=4), dict(kernel_size=7, stride=3),
-                                    dict(kernel_size=4, stride=2, groups=6, bias=False)])
+                                    dict(kernel_size=4, stride=2, groups=6, bias=False),
+                                    dict(kernel_size=5, stride=2, groups=6)])
 @pytest.mark.parametrize("sizes", [[1], [3], [7, 2, 11]])
 def test_transposed_conv_stream_equals_whole(kwargs, sizes):
     cout = 6 if kwargs.get("groups") else 5
@@ -79,11 +80,29 @@ def test_transposed_conv_stream_equals_whole(kwargs, sizes):
     assert_close(run_stream(conv.stream(), X, sizes), whole)
 
 
-def test_transposed_conv_matches_mlx_conv_transpose():
-    conv = randomize(CausalConvTranspose1d(6, 5, kernel_size=8, stride=4))
-    # mx.conv_transpose1d weight: (C_out, K, C_in); ours: (C_in, K, C_out)
-    ref = mx.conv_transpose1d(X, conv.weight.transpose(2, 1, 0), stride=4) + conv.bias
-    assert_close(conv(X), ref[:, : X.shape[1] * 4])
+@pytest.mark.parametrize("kernel,stride,groups", [(8, 4, 1), (7, 3, 1), (4, 2, 6), (5, 2, 6)])
+def test_transposed_conv_matches_mlx_conv_transpose(kernel, stride, groups):
+    """From a PyTorch-layout weight (C_in, C_out/groups, K), against MLX's own conv_transpose1d."""
+    cout = 6 if groups > 1 else 5
+    conv = randomize(CausalConvTranspose1d(6, cout, kernel_size=kernel, stride=stride, groups=groups))
+    torch_w = mx.random.normal((6, cout // groups, kernel), key=mx.random.key(7))
+    conv.weight = conv.from_torch(torch_w)
+    if groups == 1:  # mx.conv_transpose1d weight: (C_out, K, C_in)
+        ref = mx.conv_transpose1d(X, torch_w.transpose(1, 2, 0), stride=stride)
+    else:
+        ref = mx.concatenate([mx.conv_transpose1d(X[..., c:c + 1], torch_w[c:c + 1].transpose(1, 2, 0), stride=stride)
+                              for c in range(6)], axis=-1)
+    assert_close(conv(X), ref[:, : X.shape[1] * stride] + conv.bias)
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [(7, 1, 1), (3, 1, 2), (8, 4, 1), (5, 2, 1)])
+def test_conv_matches_mlx_conv1d(kernel, stride, dilation):
+    conv = randomize(CausalConv1d(6, 5, kernel, stride=stride, dilation=dilation))
+    torch_w = mx.random.normal((5, 6, kernel), key=mx.random.key(8))  # (C_out, C_in, K)
+    conv.weight = conv.from_torch(torch_w)
+    x = mx.pad(X, [(0, 0), (conv.padding, conv.extra_padding(X.shape[1])), (0, 0)])
+    ref = mx.conv1d(x, torch_w.transpose(0, 2, 1), stride=stride, dilation=dilation) + conv.bias
+    assert_close(conv(X), ref)
 
 
 @pytest.mark.parametrize("window,length", [(5, 23), (250, 300)])

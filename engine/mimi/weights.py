@@ -25,6 +25,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from ..errors import WeightsError
 from .codec import Mimi
 from .config import MimiConfig
+from .conv import CausalConv1d, CausalConvTranspose1d
 from .layouts import detect_layout, kyutai_to_canonical, strip_prefix, transformers_to_canonical
 
 KYUTAI_REPO_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -115,29 +116,34 @@ def _model_name(key: str) -> str:
     return key
 
 
-def _model_array(key: str, value) -> mx.array:
-    """torch shapes -> ours: conv weights (out, in, k) -> (out, k, in) (transposed convs (in, out, k) ->
-    (in, k, out)); 1x1-conv projections (out, in, 1) -> Linear (out, in)."""
+def _model_array(key: str, value, module) -> mx.array:
+    """torch shapes -> ours: conv weights through their module's `from_torch`; 1x1-conv projections
+    (out, in, 1) -> Linear (out, in); everything else as it is. Always float32."""
     a = value if isinstance(value, mx.array) else mx.array(value)
     a = a.astype(mx.float32)
     if key.endswith(("input_proj.weight", "output_proj.weight")) and a.ndim == 3:
         return a[:, :, 0]
-    if a.ndim == 3:
-        return a.swapaxes(1, 2)
+    if module is not None and key.endswith(".weight") and a.ndim == 3:
+        try:
+            return module.from_torch(a)
+        except ValueError:  # wrong size for the reshape: reported as misshapen below
+            return a
     return a
 
 
 def _to_model(model: Mimi, canonical: dict, origin: dict, unknown: list, layout: str, where: str) -> dict:
     expected = dict(tree_flatten(model.parameters()))
+    convs = {f"{name}.weight": module for name, module in model.named_modules() if hasattr(module, "from_torch")}
     out, misshapen, extra = {}, [], list(unknown)
     for key, value in canonical.items():
         name = _model_name(key)
         if name not in expected:
             extra.append(origin.get(key, key))
             continue
-        array = _model_array(key, value)
+        array = _model_array(key, value, convs.get(name))
         if array.shape != expected[name].shape:
-            misshapen.append(f"{origin.get(key, key)}: {tuple(value.shape)} (expected {_torch_shape(key, expected[name])})")
+            want = _torch_shape(key, convs.get(name), expected[name])
+            misshapen.append(f"{origin.get(key, key)}: {tuple(value.shape)} (expected {want})")
             continue
         out[name] = array
     given = {_model_name(c) for c in canonical}
@@ -155,11 +161,14 @@ def _to_model(model: Mimi, canonical: dict, origin: dict, unknown: list, layout:
     return out
 
 
-def _torch_shape(key: str, param: mx.array) -> tuple:
-    s = tuple(param.shape)
+def _torch_shape(key: str, module, param: mx.array) -> tuple:
     if key.endswith(("input_proj.weight", "output_proj.weight")):
-        return s + (1,)
-    return (s[0], s[2], s[1]) if len(s) == 3 else s
+        return tuple(param.shape) + (1,)
+    if isinstance(module, CausalConvTranspose1d):
+        return (module.cin, module.cout // module.groups, module.kernel_size)
+    if isinstance(module, CausalConv1d):
+        return (module.cout, module.cin, module.kernel_size)
+    return tuple(param.shape)
 
 
 def _canonical_names(names: list[str]) -> list[str]:
