@@ -195,3 +195,14 @@ def test_encode_checks_and_converts_audio(mimi, reference):
     at_16k = mimi.encode(tiny_test_signal(16000), sample_rate=16000)  # 1 s -> 24000 samples -> 13 frames
     assert at_16k.shape == (32, 13)
     assert mimi.encode(np.zeros(1, np.float32)).shape == (32, 1)
+
+
+def test_centroids_follow_weight_updates(folders, reference):
+    """Centroids derive from embed_sum / cluster_usage: loading new weights must not leave stale ones."""
+    from mlx.utils import tree_flatten
+
+    target = load_mimi(folders / "hf")
+    other = Mimi.from_weights(write_tiny_mimi({}, seed=1)[0], tiny_mimi_config())
+    assert not np.array_equal(other.encode(AUDIO), reference[0])
+    other.load_weights(tree_flatten(target.parameters()))
+    np.testing.assert_array_equal(other.encode(AUDIO), reference[0])

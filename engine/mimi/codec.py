@@ -57,6 +57,13 @@ class Mimi(nn.Module):
         mx.eval(self.parameters())
         return self
 
+    def update(self, parameters: dict, *args, **kwargs) -> "Mimi":
+        """As nn.Module.update (also behind load_weights, set_dtype), then the codebook centroids
+        derived from the new parameters are recomputed on next use."""
+        super().update(parameters, *args, **kwargs)
+        self.quantizer.invalidate()
+        return self
+
     # --- sizes ---------------------------------------------------------------------------------------
     @property
     def sample_rate(self) -> int:

@@ -49,6 +49,9 @@ class ResidualVectorQuantizer(nn.Module):
         self._table = table.reshape(-1, table.shape[-1])
         mx.eval(self._table, self._norms)
 
+    def invalidate(self):
+        self._table = self._norms = None
+
     def _ready(self):
         if self._table is None:
             self.refresh()
@@ -86,6 +89,10 @@ class SplitResidualVectorQuantizer(nn.Module):
     def refresh(self):
         self.semantic_residual_vector_quantizer.refresh()
         self.acoustic_residual_vector_quantizer.refresh()
+
+    def invalidate(self):
+        self.semantic_residual_vector_quantizer.invalidate()
+        self.acoustic_residual_vector_quantizer.invalidate()
 
     def encode(self, x: mx.array) -> mx.array:  # (N, hidden) -> (num_quantizers, N) int32
         first = self.semantic_residual_vector_quantizer.encode(x)
