@@ -206,3 +206,13 @@ def test_centroids_follow_weight_updates(folders, reference):
     assert not np.array_equal(other.encode(AUDIO), reference[0])
     other.load_weights(tree_flatten(target.parameters()))
     np.testing.assert_array_equal(other.encode(AUDIO), reference[0])
+
+
+def test_a_bfloat16_kyutai_file_loads(folders, tmp_path):
+    """Kyutai publishes its checkpoint in bfloat16 (which NumPy cannot even read)."""
+    weights = {k: mx.array(v).astype(mx.bfloat16) for k, v in load_file(str(folders / "kyutai" / KYUTAI_TINY_FILE)).items()}
+    mx.save_safetensors(str(tmp_path / "tokenizer-bf16.safetensors"), weights)
+    (tmp_path / "tokenizer-bf16.json").write_text(json.dumps(tiny_mimi_config()))
+    mimi = load_mimi(tmp_path / "tokenizer-bf16.safetensors")
+    assert mimi.decoder.layers[0].weight.dtype == mx.float32
+    assert mimi.encode(AUDIO).shape == (32, 7)
