@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from ..errors import WeightsError
 from .codec import Mimi
