@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -65,7 +66,7 @@ def run(args) -> dict:
     t = time.perf_counter()
     mimi = build(args.size)
     load = time.perf_counter() - t
-    frames = max(1, int(round(args.seconds * mimi.frame_rate)))
+    frames = max(1, math.ceil(args.seconds * mimi.frame_rate - 1e-9))
     seconds = frames / mimi.frame_rate
     codes = np.random.default_rng(0).integers(0, mimi.codebook_size, (mimi.num_codebooks, frames)).astype(np.int32)
     audio = tiny_test_signal(frames * mimi.frame_size)
