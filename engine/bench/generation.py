@@ -334,6 +334,8 @@ def run(args) -> dict:
     if args.dtype is None:
         args.dtype = next(k for k, v in DTYPES.items() if v == default_dtype())
     model, load_s, quant_error = build_model(args)
+    if not args.quantize:  # a quantized folder given with --model
+        args.quantize = next((m.bits for _, m in model.named_modules() if hasattr(m, "bits")), None)
     mimi = None if args.no_mimi else build_mimi(args.size)
     compiled = set_compiled(model, args.compile) and args.compile
     r = measure(model, args.prompt_tokens, args.frames, seed=args.seed, mimi=mimi, chunk_frames=args.chunk_frames)
@@ -498,7 +500,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run_compare(args)
         print(json.dumps(result) if args.json else format_compare(result), flush=True)
         return 0
-    result = run(args)
+    from engine.errors import CSMError
+
+    try:
+        result = run(args)
+    except CSMError as error:  # a bad --model and the like: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(result) if args.json else format_table(result), flush=True)
     return 0
 
