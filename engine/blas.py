@@ -14,8 +14,8 @@ Where the library comes from, in order:
      from a copy whose SONAME says `libgfortran.so.5` (written once under $CSM_HOME/lib);
   3. Debian's `libopenblas0-pthread` (DYNAMIC_ARCH; told the CPU family when it is too old to know it).
 
-`CSM_OPENBLAS=0` switches it off; `CSM_OPENBLAS_THREADS=N` sets its thread count (default: the cores
-this process may use less those busy with other work, see `default_threads`). Nothing here imports MLX or NumPy.
+`CSM_OPENBLAS=0` switches it off; `CSM_OPENBLAS_THREADS=N` sets its thread count (default: all cores,
+half of them on an oversubscribed machine, see `default_threads`). Nothing here imports MLX or NumPy.
 """
 
 from __future__ import annotations
@@ -192,24 +192,25 @@ def set_threads(n: int) -> int | None:
 
 
 def default_threads() -> int:
-    """The cores this process may use, less those other programs keep busy now (at least 1).
+    """All the cores this process may use, or half of them when the machine is already oversubscribed.
 
     OpenBLAS's threads spin while they wait for each other, and the frame loop makes ~1000 small
-    BLAS calls per frame: a thread that has to share its core stalls every call. Measured on the
-    2-core machine with full-size CSM-1B (fp32), frames side by side in one process: with nothing
-    else running 2 threads gave 0.63 frames/s and 1 thread 0.40; with one other busy process, 31
-    depth-decoder steps took 5.5 s with 2 threads and 2.1 s with 1 (at load 8: 19-46 s against
-    3.6-6.0 s). So the count is taken once, from the 1-minute load average when the engine loads.
+    BLAS calls per frame: when a thread has to share its core, every call stalls. Measured on the
+    2-core machine with full-size CSM-1B (fp32), 1 and 2 threads taking turns in one process
+    (`python -m engine.bench --compare threads`): 2 threads 1.59x faster at load average 1.3, 1.19x at
+    load 2-3; but with more busy processes than cores (load 5-8) the depth decoder ran 2.6-7x slower
+    with 2 threads than with 1. So: all cores while the 1-minute load average (read once, when the
+    engine loads) is below the core count, else half.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
     try:
-        busy = int(os.getloadavg()[0] + 0.5)
+        load = os.getloadavg()[0]
     except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
+        load = 0.0
+    return cores if load < cores else max(1, cores // 2)
 
 
 def _resolves_to(lib: ctypes.CDLL, symbol: str) -> bool | None:
