@@ -437,8 +437,11 @@ def source_name(name: str, layout: str, mlx_prefix: str = "") -> str:
 
 
 def default_dtype():
-    """float32 on the CPU (the oracle's precision and the fastest there), bfloat16 on a GPU."""
-    return mx.float32 if mx.default_device() == mx.cpu else mx.bfloat16
+    """The per-device default chosen by measurement (engine.device): float32 on the CPU, bfloat16 on
+    a GPU, `CSM_DTYPE` overriding either."""
+    from engine.device import default_dtype as measured_default
+
+    return measured_default()
 
 
 def _listing(names, limit=8) -> str:
