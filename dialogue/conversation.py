@@ -522,14 +522,16 @@ def _load_audio(source) -> np.ndarray:
 
 
 def _spoken_text(text: str) -> str:
-    """The text as it will be spoken (numbers etc. in words, spaces collapsed); it is what the
-    turn stores, so later prompts hold exactly the rows the KV cache computed for it."""
+    """The text as it will be spoken (numbers etc. in words, spaces collapsed, ending as a sentence
+    so CSM does not clip the last word, as generate() does); it is what the turn stores, so later
+    prompts hold exactly the rows the KV cache computed for it."""
+    from engine.model import end_sentence
     from engine.text import normalize_text
 
     spoken = " ".join(normalize_text(text).split())
     if not spoken:
         raise InputError("The text to speak is empty; give at least one word.")
-    return spoken
+    return end_sentence(spoken)
 
 
 def _result_codes(result, previous) -> np.ndarray:

@@ -352,3 +352,12 @@ def test_kill_mid_turn_keeps_earlier_turns(tmp_path):
     with Store(db) as store:
         assert store.integrity_check() == ["ok"]
         assert [t.text for t in store.turns("s")] == [f"Turn number {w}." for w in ("zero", "one", "two")]
+
+
+def test_stored_text_is_spoken_and_ends_as_a_sentence(tmp_path, model):
+    # Normalised like generate(): numbers in words, and a line that trails off ends as a sentence
+    # (CSM tends to clip the last word of an unterminated line).
+    conv = open_conv(tmp_path, model)
+    segment = conv.say(0, "I have 3 cats,", seed=1, max_audio_length_ms=SHORT)
+    assert segment.text == "I have three cats."
+    assert conv.turns[0].params["text_as_given"] == "I have 3 cats,"
