@@ -23,6 +23,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import WeightsError
+from ..weights import safetensors_keys
 from .codec import Mimi
 from .config import MimiConfig
 from .conv import CausalConv1d, CausalConvTranspose1d
@@ -261,7 +262,7 @@ def _files_and_config(path: Path) -> tuple[list[Path], dict | None]:
 def _read_codec_tensors(file: Path) -> dict:
     """Every tensor of a codec file; from a bigger checkpoint only the `codec_model.*` ones."""
     try:
-        keys = _safetensors_keys(file)
+        keys = safetensors_keys(file)
         weights = mx.load(str(file))
     except WeightsError:
         raise
@@ -270,16 +271,4 @@ def _read_codec_tensors(file: Path) -> dict:
     if any(k.startswith("codec_model.") for k in keys):
         return {k: v for k, v in weights.items() if k.startswith("codec_model.")}
     return weights
-
-
-def _safetensors_keys(file: Path) -> list[str]:
-    try:
-        with open(file, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size < 1 << 30:
-                raise ValueError("bad header size")
-            header = json.loads(f.read(size))
-    except (OSError, ValueError) as err:
-        raise WeightsError(f"{file} is not a readable safetensors file: {err}") from err
-    return [k for k in header if k != "__metadata__"]
 
