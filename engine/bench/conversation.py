@@ -47,9 +47,9 @@ FRAME_MS = 80
 
 def build_model(size: str, dtype_name: str | None, use_mimi: bool, seed: int):
     """A CSMModel with random weights (tiny or full size) and the tiny test tokenizer."""
-    from engine.bench.generation import DTYPES, build_mimi, random_csm, tiny_config
+    from engine.bench.generation import build_mimi, random_csm, tiny_config
     from engine.csm import csm_1b_config
-    from engine.device import default_dtype
+    from engine.device import DTYPES, default_dtype
     from engine.model import CSMModel
     from engine.text import TextTokenizer, build_tiny_tokenizer
 

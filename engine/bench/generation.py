@@ -38,10 +38,10 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from engine.blas import ENV_SWITCH, blas_info
 from engine.csm import CSM, CSMConfig, csm_1b_config
+from engine.device import DTYPES, default_dtype
 from engine.llama import LlamaArgs
 
 FRAME_SECONDS = 0.08  # one Mimi frame
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 RESULT_KEYS = (
     "frames_per_second", "real_time_factor", "time_to_first_audio", "prefill_rows_per_second",
     "mimi_decode_realtime_multiple", "peak_memory_gb", "load_seconds", "device", "mlx_version", "blas",
@@ -328,11 +328,14 @@ def device_name() -> str:
     return f"gpu: {name} ({where})"
 
 
-def run(args) -> dict:
-    from engine.device import default_dtype
+def default_dtype_name() -> str:
+    """The name (a DTYPES key) of engine.device's per-device default dtype."""
+    return next(k for k, v in DTYPES.items() if v == default_dtype())
 
+
+def run(args) -> dict:
     if args.dtype is None:
-        args.dtype = next(k for k, v in DTYPES.items() if v == default_dtype())
+        args.dtype = default_dtype_name()
     model, load_s, quant_error = build_model(args)
     if not args.quantize:  # a quantized folder given with --model
         args.quantize = next((m.bits for _, m in model.named_modules() if hasattr(m, "bits")), None)
@@ -494,9 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([sys.executable, "-m", "engine.bench", "generation", *argv], env=env)
     if args.compare:
         if args.dtype is None:
-            from engine.device import default_dtype
-
-            args.dtype = next(k for k, v in DTYPES.items() if v == default_dtype())
+            args.dtype = default_dtype_name()
         result = run_compare(args)
         print(json.dumps(result) if args.json else format_compare(result), flush=True)
         return 0
