@@ -29,6 +29,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
+from engine.audio import resample, save_audio
 from engine.errors import AudioError, InputError, VoiceError
 from engine.segment import SAMPLE_RATE, Segment
 from storage import Store, StoredSegment
@@ -202,14 +203,7 @@ class Conversation:
 
     def export(self, path: str | Path, pause_s: float = 0.0) -> Path:
         """Write the whole conversation to one audio file (WAV or FLAC by extension)."""
-        import soundfile as sf
-
-        path = Path(path)
-        audio = self.audio(pause_s)
-        fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), audio, SAMPLE_RATE, format=fmt, subtype="PCM_16")
-        return path
+        return save_audio(Path(path), self.audio(pause_s), SAMPLE_RATE)
 
     def plan(self, speaker: int, text: str, max_audio_length_ms: float | None = None) -> ContextPlan:
         """The context the next turn (`speaker` saying `text`) would get; changes nothing."""
@@ -468,7 +462,7 @@ class Conversation:
     def _stored_audio(self, row: StoredSegment) -> np.ndarray | None:
         if row.id not in self._audio:
             loaded = self.store.audio(row.id) if row.has_audio else None
-            self._audio[row.id] = None if loaded is None else _at_24k(*loaded)
+            self._audio[row.id] = None if loaded is None else resample(*loaded)
         return self._audio[row.id]
 
     def _turn_audio(self, row: StoredSegment) -> np.ndarray:
@@ -542,14 +536,6 @@ def _result_codes(result, previous) -> np.ndarray:
         return np.asarray(frames, dtype=np.int32).reshape(-1, 32)
     chunk = np.asarray(result.codes, dtype=np.int32).reshape(-1, 32)
     return chunk if previous is None else np.concatenate([previous, chunk])
-
-
-def _at_24k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    if sample_rate == SAMPLE_RATE:
-        return audio
-    import soxr
-
-    return soxr.resample(audio, sample_rate, SAMPLE_RATE).astype(np.float32)
 
 
 def _float(value):

@@ -91,7 +91,9 @@ def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperatu
                                max_audio_length_ms=max_audio_length_ms)
             turn = conv.turns[-1]
         if output is not None:
-            _write_audio(output, segment.audio)
+            from engine.audio import save_audio
+
+            save_audio(output, segment.audio)
     timing = turn.timing
     click.echo(
         f"{session} turn {turn.index} (speaker {speaker}): {segment.duration or 0:.2f} s audio, "
@@ -247,15 +249,6 @@ def _export_json(db: Path, session: str, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     click.echo(f"{output}: {len(turns)} turns")
-
-
-def _write_audio(path: Path, audio) -> None:
-    import numpy as np
-    import soundfile as sf
-
-    fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.asarray(audio, dtype=np.float32), 24000, format=fmt, subtype="PCM_16")
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -17,6 +17,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_unflatten
 
+from ..audio import resample
 from ..errors import AudioError, InputError
 from .config import MimiConfig
 from .quantizer import SplitResidualVectorQuantizer
@@ -141,10 +142,8 @@ class Mimi(nn.Module):
             a = a.mean(axis=0 if a.shape[0] <= a.shape[1] else 1)
         if a.ndim != 1:
             raise AudioError(f"audio must be 1-D mono samples (or 2-D to downmix), got shape {a.shape}")
-        if sample_rate is not None and int(sample_rate) != self.sample_rate:
-            import soxr
-
-            a = soxr.resample(a, int(sample_rate), self.sample_rate, quality="HQ").astype(np.float32)
+        if sample_rate is not None:
+            a = resample(a, int(sample_rate), self.sample_rate)
         if a.size == 0:
             raise AudioError("audio is empty: nothing to encode")
         if not np.isfinite(a).all():
