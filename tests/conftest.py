@@ -12,6 +12,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CSM_HOME = Path(tempfile.mkdtemp(prefix="csm-home-tests-"))
 os.environ["CSM_HOME"] = str(_CSM_HOME)
+# MLX runs float32 matrix products as TF32 by default where the hardware has it (CUDA GPUs, M5 Macs):
+# ~1e-3 relative error, far above the golden files' float32 tolerances. The tests check float32 as
+# float32, so they turn it off (set before MLX is first imported).
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 # Before any test module imports MLX: engine loads the optimised BLAS (engine/blas.py), which only
 # takes effect when it comes first, so the tests run the same BLAS as users do.

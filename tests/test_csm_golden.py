@@ -125,22 +125,22 @@ def test_embed_rows_is_the_masked_sum(model, monkeypatch):
 
 @pytest.mark.parametrize("prefix", ["model.", ""])
 def test_mlx_layout_loads_identically(tmp_path, golden, prefix):
-    ours = load_csm(LAYOUT_FOLDERS["transformers"])
+    ours = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     folder = save_csm(tmp_path / "mlx", ours, ours.config, layout="mlx", prefix=prefix)
     keys = weights_mod.safetensors_keys(folder / "model.safetensors")
     assert all(k.startswith(prefix) for k in keys) and any(".self_attn." in k for k in keys)
-    again = load_csm(folder)
+    again = load_csm(folder, dtype=mx.float32)
     np.testing.assert_array_equal(np.array(prompt_hidden(again, golden)), np.array(prompt_hidden(ours, golden)))
     frames, _ = greedy_frames(again, golden, 3)
     np.testing.assert_array_equal(frames, golden["greedy_frames"][:3])
 
 
 def test_quantized_mlx_layout_loads(tmp_path, golden):
-    ours = load_csm(LAYOUT_FOLDERS["transformers"])
+    ours = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     folder = save_csm(tmp_path / "q8", ours, ours.config, layout="mlx", quantize={"group_size": 32, "bits": 8})
     config = json.loads((folder / "config.json").read_text())
     assert config["quantization"] == {"group_size": 32, "bits": 8}
-    q = load_csm(folder)
+    q = load_csm(folder, dtype=mx.float32)
     assert isinstance(q["backbone"].layers[0].self_attn.q_proj, nn.QuantizedLinear)
     assert isinstance(q.audio_embeddings, nn.QuantizedEmbedding)
     logits = np.array(q.codebook0_head(prompt_hidden(q, golden))[0])
@@ -163,13 +163,13 @@ def test_golden_catches_missing_rope_scaling(tmp_path, golden):
     config["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
     config["depth_decoder_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
     (folder / "config.json").write_text(json.dumps(config))
-    wrong = load_csm(folder)
+    wrong = load_csm(folder, dtype=mx.float32)
     assert max_err(wrong.codebook0_head(prompt_hidden(wrong, golden))[0], golden["c0_logits"]) > 100 * TOL
 
 
 def test_golden_catches_rotate_half_weights_left_permuted(monkeypatch, golden):
     monkeypatch.setattr(weights_mod, "_unpermute_qk", lambda w, cfg: w)
-    wrong = load_csm(LAYOUT_FOLDERS["transformers"])
+    wrong = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     assert max_err(wrong.codebook0_head(prompt_hidden(wrong, golden))[0], golden["c0_logits"]) > 100 * TOL
 
 
@@ -179,7 +179,7 @@ def test_golden_catches_rotate_half_weights_left_permuted(monkeypatch, golden):
 def test_compiled_and_plain_frames_draw_the_same(monkeypatch, golden):
     import engine.csm
 
-    model = load_csm(LAYOUT_FOLDERS["transformers"])
+    model = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     h = prompt_hidden(model, golden)[0, -2:, :]  # a batch of two states
     sampler = make_sampler(temperature=0.9, top_k=20, suppress_undecodable=False)
     runs = {}
@@ -192,7 +192,7 @@ def test_compiled_and_plain_frames_draw_the_same(monkeypatch, golden):
 
 
 def test_compiled_frames_follow_new_weights(golden):
-    model = load_csm(LAYOUT_FOLDERS["transformers"])
+    model = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     h = prompt_hidden(model, golden)[:, -1, :]
     greedy = make_sampler(0, suppress_undecodable=False)
     before = np.array(model.generate_frame(h, greedy))
@@ -206,7 +206,7 @@ def test_matmul_orientation_does_not_change_results(monkeypatch, golden):
     import engine.llama
 
     monkeypatch.setattr(engine.llama, "MATMUL_WEIGHT_LEFT", not engine.llama.MATMUL_WEIGHT_LEFT)
-    model = load_csm(LAYOUT_FOLDERS["transformers"])
+    model = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     assert max_err(model.codebook0_head(prompt_hidden(model, golden))[0], golden["c0_logits"]) <= TOL
     frames, _ = greedy_frames(model, golden, 4)
     np.testing.assert_array_equal(frames, golden["greedy_frames"][:4])
