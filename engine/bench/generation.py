@@ -247,6 +247,13 @@ def measure_generator(model: CSM, prompt_rows: int, frames: int, *, seed: int = 
         return None
     tokens, mask = random_prompt(prompt_rows, model.config, seed)
     gen = Generator(model, codec=mimi)
+    # Warm-up, as measure() has one: a short run of the same shapes (the prompt's 64-row blocks,
+    # one-row steps, a streamed chunk), so first-use work (kernel compilation: on CUDA MLX compiles
+    # kernels at first use, seconds each on a fresh machine) is not timed as generation.
+    warm = min(frames, chunk_frames + 2)
+    for _ in gen.generate(tokens, mask, max_frames=warm, sampler=_sampler(), stream=mimi is not None,
+                          chunk_frames=chunk_frames, reuse_cache=False, decode=mimi is not None):
+        pass
     mx.random.seed(seed)
     start = time.perf_counter()
     chunks = list(gen.generate(tokens, mask, max_frames=frames, sampler=_sampler(), stream=mimi is not None,
