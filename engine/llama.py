@@ -81,10 +81,57 @@ class Linear(nn.Linear):
         super().__init__(input_dims, output_dims, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        if not _weight_left():
-            return x @ self.weight.T
-        rows = x.reshape(-1, x.shape[-1])  # (N, in)
-        return (self.weight @ rows.T).T.reshape(*x.shape[:-1], -1)  # (..., out)
+        return _product(x, self.weight)
+
+    def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine",
+                     quantize_input: bool = False):
+        if quantize_input or mode != "affine":
+            return super().to_quantized(group_size, bits, mode=mode, quantize_input=quantize_input)
+        return QuantizedLinear.from_linear(self, group_size, bits, mode=mode)
+
+
+def _product(x: mx.array, weight: mx.array) -> mx.array:
+    """x (..., in) @ weight (out, in).T, oriented for the backend."""
+    if not _weight_left():
+        return x @ weight.T
+    rows = x.reshape(-1, x.shape[-1])  # (N, in)
+    return (weight @ rows.T).T.reshape(*x.shape[:-1], -1)  # (..., out)
+
+
+# MLX's CPU quantized matrix product is a single-threaded loop: a 64-row prompt block through an 8-bit
+# 8192x2048 layer took 830 ms against 10 ms for float32 (OpenBLAS). For that many rows it is faster to
+# unpack the weights to float32 and use the BLAS product (55 ms, unpacking included). One row (a
+# frame step) keeps the quantized kernel: unpacking every weight for one row would cost more.
+DEQUANTIZE_MIN_ROWS = 8
+
+
+class QuantizedLinear(nn.QuantizedLinear):
+    """nn.QuantizedLinear (affine) whose multi-row products on the CPU run in float32 (see above).
+
+    Both paths compute with the same weights (the affine-dequantized values); they differ only by
+    float rounding."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        rows = x.size // x.shape[-1]
+        if rows < DEQUANTIZE_MIN_ROWS or mx.default_device() != mx.cpu or "bias" in self:
+            return super().__call__(x)
+        return _product(x, dequantize_affine(self.weight, self.scales, self.biases, self.group_size,
+                                             self.bits).astype(x.dtype))
+
+
+def dequantize_affine(w: mx.array, scales: mx.array, biases: mx.array, group_size: int, bits: int) -> mx.array:
+    """The float32 weights of MLX affine quantization: (out, in). Equal to mx.dequantize; for 8 and
+    4 bits unpacked with plain array ops, about twice as fast as mx.dequantize on the CPU."""
+    out = w.shape[0]
+    if bits not in (4, 8):
+        return mx.dequantize(w, scales, biases, group_size, bits).astype(mx.float32)
+    q = w.view(mx.uint8)  # little-endian words: low bits first
+    if bits == 4:
+        q = mx.stack([q & 0xF, q >> 4], axis=-1)
+    q = q.reshape(out, -1, group_size).astype(mx.float32)
+    s = scales.astype(mx.float32)[..., None]
+    b = biases.astype(mx.float32)[..., None]
+    return (q * s + b).reshape(out, -1)
 
 
 def head_matmul(h: mx.array, w: mx.array) -> mx.array:

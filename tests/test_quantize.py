@@ -69,3 +69,51 @@ def test_convert_refuses_a_non_empty_output(tmp_path):
     (tmp_path / "busy" / "x").write_text("x")
     result = CliRunner().invoke(cli, ["convert", "--model", str(src), "-q", "4", "-o", str(tmp_path / "busy")])
     assert result.exit_code != 0 and "not empty" in result.output
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_unpacked_weights_equal_mlx_dequantize(bits):
+    from engine.llama import dequantize_affine
+
+    for group_size in (32, 64, 128):
+        w = mx.random.normal((48, 256), key=mx.random.key(bits))
+        q, scales, biases = mx.quantize(w, group_size, bits)
+        want = mx.dequantize(q, scales, biases, group_size, bits)
+        assert mx.array_equal(dequantize_affine(q, scales, biases, group_size, bits), want).item()
+
+
+def test_quantized_layers_take_the_float32_path_for_many_rows_only(monkeypatch):
+    """Our QuantizedLinear: a prompt block (>= DEQUANTIZE_MIN_ROWS rows) on the CPU goes through
+    unpacked float32 weights; one row keeps MLX's quantized kernel. Both give the same products up
+    to float rounding, and the whole model's prefill agrees either way."""
+    import engine.llama as llama
+
+    model = random_csm(tiny_config(), mx.float32, seed=5)
+    quantize_csm(model, 8)
+    layer = model["backbone"].layers[0].mlp.gate_proj
+    assert isinstance(layer, llama.QuantizedLinear)
+
+    calls = []
+    real = llama.dequantize_affine
+    monkeypatch.setattr(llama, "dequantize_affine", lambda *a: calls.append(1) or real(*a))
+    with mx.stream(mx.cpu):
+        x = mx.random.normal((1, llama.DEQUANTIZE_MIN_ROWS, layer.weight.shape[1] * 32 // layer.bits),
+                             key=mx.random.key(1))
+        kernel = mx.quantized_matmul(x, layer.weight, layer.scales, layer.biases, transpose=True,
+                                     group_size=layer.group_size, bits=layer.bits)
+        many = layer(x)
+        assert calls and many.shape == kernel.shape
+        assert mx.allclose(many, kernel, atol=1e-4, rtol=1e-4).item()
+        calls.clear()
+        one = layer(x[:, :1])
+        assert not calls
+        assert mx.allclose(one, kernel[:, :1], atol=1e-4, rtol=1e-4).item()
+
+        tokens, mask = random_prompt(20, model.config, 0)
+        def prefill():
+            cache = model.new_backbone_cache(24)
+            return model.backbone(model.embed_rows(tokens[None], mask[None]), cache)
+        fast = prefill()
+        monkeypatch.setattr(llama, "DEQUANTIZE_MIN_ROWS", 1 << 30)
+        slow = prefill()
+    assert mx.allclose(fast, slow, atol=1e-4, rtol=1e-4).item()

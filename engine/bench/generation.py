@@ -17,7 +17,8 @@ Options: --dtype float32|bfloat16|float16 (default: engine.device.default_dtype(
 again in a fresh process with CSM_OPENBLAS=0, since the BLAS is chosen before MLX is imported),
 --no-mimi, --compile / --no-compile (the engine's compiled frame step), --generator (the same work
 again through engine.generator: streaming, Mimi decode overlapped, as CSMModel.generate runs it),
---compare compile|threads (variants measured side by side, taking turns in one process).
+--compare compile|threads|dequantize (variants measured side by side, taking turns in one process;
+dequantize times the prompt prefill of a quantized model, in the generator's 64-row blocks).
 """
 
 from __future__ import annotations
@@ -371,11 +372,45 @@ def run(args) -> dict:
     return r
 
 
+def compare_prefill(model: CSM, variants: dict, rows: int, rounds: int = 3, seed: int = 0) -> dict:
+    """Prompt prefill rows/s of each variant, side by side like compare(): `rows` prompt rows run
+    through the backbone in the generator's aligned blocks (engine.generator.PREFILL_BLOCK rows).
+    -> {name: {"rps": [...], "hidden": last hidden state (NumPy)}}"""
+    from engine.generator import PREFILL_BLOCK
+
+    tokens, mask = random_prompt(rows, model.config, seed)
+    results = {name: {"rps": []} for name in variants}
+    for r in range(rounds + 1):  # round 0 warms each variant up
+        for name, switch in variants.items():
+            switch()
+            cache = model.new_backbone_cache(rows + 1)
+            n = rows if r else min(rows, PREFILL_BLOCK)
+            start = time.perf_counter()
+            for a in range(0, n, PREFILL_BLOCK):
+                b = min(a + PREFILL_BLOCK, n)
+                h = model.backbone(model.embed_rows(tokens[None, a:b], mask[None, a:b]), cache)
+                mx.eval(h)
+            seconds = time.perf_counter() - start
+            if r:
+                results[name]["rps"].append(n / seconds)
+                results[name]["hidden"] = np.array(h[0, -1].astype(mx.float32))
+    return results
+
+
 def comparison_variants(which: str) -> dict:
     """Named switches for --compare: 'compile' (eager / compiled frame step, each with and without
-    the weight-left matmuls) or 'threads' (1 and 2 OpenBLAS threads)."""
+    the weight-left matmuls), 'threads' (1 and 2 OpenBLAS threads) or 'dequantize' (a quantized
+    model's multi-row products in MLX's quantized kernel, or unpacked to float32 on the CPU)."""
     import engine.llama as llama
     from engine.blas import default_threads, set_threads
+
+    if which == "dequantize":
+        def rows_from(n: int):
+            def switch():
+                llama.DEQUANTIZE_MIN_ROWS = n
+            return switch
+        return {"quantized kernel (before)": rows_from(1 << 30),
+                f"unpacked to float32 (default, >= {llama.DEQUANTIZE_MIN_ROWS} rows)": rows_from(llama.DEQUANTIZE_MIN_ROWS)}
 
     def setup(compiled: bool, weight_left: bool, threads: int | None = None):
         def switch():
@@ -405,6 +440,20 @@ def run_compare(args) -> dict:
     model, load_s, _ = build_model(args)
     _current_model = model
     variants = comparison_variants(args.compare)
+    common = {"compare": args.compare, "frames": args.frames, "rounds": args.rounds, "dtype": args.dtype,
+              "quantize": args.quantize, "model": args.model or f"random CSM-1B ({args.size})",
+              "device": device_name(), "mlx_version": mx.__version__, "blas": blas_info().describe(),
+              "load_seconds": load_s, "command": "python -m engine.bench " + " ".join(args.argv)}
+    if args.compare == "dequantize":
+        results = compare_prefill(model, variants, args.prompt_tokens, rounds=args.rounds, seed=args.seed)
+        first = next(iter(results))
+        base = float(np.median(results[first]["rps"]))
+        scale = float(np.abs(results[first]["hidden"]).max()) or 1.0
+        rows = [{"variant": name, "prefill_rows_per_second": float(np.median(r["rps"])), "all_rps": r["rps"],
+                 "speedup": float(np.median(r["rps"])) / base,
+                 "hidden_max_rel_diff": float(np.abs(r["hidden"] - results[first]["hidden"]).max()) / scale}
+                for name, r in results.items()]
+        return {**common, "prompt_tokens": args.prompt_tokens, "rows": rows}
     results = compare(model, variants, args.frames, rounds=args.rounds, seed=args.seed)
     first = next(iter(results))
     rows = []
@@ -413,17 +462,25 @@ def run_compare(args) -> dict:
         rows.append({"variant": name, "frames_per_second": fps, "real_time_factor": 1 / fps / FRAME_SECONDS,
                      "all_fps": r["fps"], "speedup": fps / float(np.median(results[first]["fps"])),
                      "same_codes_as_first": bool(np.array_equal(r["codes"], results[first]["codes"]))})
-    return {"compare": args.compare, "frames": args.frames, "rounds": args.rounds, "dtype": args.dtype,
-            "quantize": args.quantize, "model": args.model or f"random CSM-1B ({args.size})",
-            "device": device_name(), "mlx_version": mx.__version__, "blas": blas_info().describe(),
-            "load_seconds": load_s, "rows": rows, "command": "python -m engine.bench " + " ".join(args.argv)}
+    return {**common, "rows": rows}
 
 
 def format_compare(r: dict) -> str:
     lines = [f"{r['model']}, {r['dtype']}{', %d-bit' % r['quantize'] if r['quantize'] else ''}; {r['device']}; "
              f"MLX {r['mlx_version']}; {r['blas']}",
-             f"{r['frames']} frames x {r['rounds']} rounds, variants taking turns; median frames/s",
-             f"{'variant':<32} {'frames/s':>9} {'RTF':>8} {'speedup':>8}  same codes"]
+    ]
+    if r["compare"] == "dequantize":
+        lines += [f"prefill of {r['prompt_tokens']} prompt rows in 64-row blocks x {r['rounds']} rounds, "
+                  "variants taking turns; median rows/s",
+                  f"{'variant':<44} {'rows/s':>9} {'speedup':>8}  last hidden state, max rel. diff"]
+        for row in r["rows"]:
+            lines.append(f"{row['variant']:<44} {row['prefill_rows_per_second']:>9.2f} {row['speedup']:>7.2f}x  "
+                         f"{row['hidden_max_rel_diff']:.1e}")
+        lines.append(f"command: {r['command']}")
+        return "\n".join(lines)
+    lines += [
+        f"{r['frames']} frames x {r['rounds']} rounds, variants taking turns; median frames/s",
+        f"{'variant':<32} {'frames/s':>9} {'RTF':>8} {'speedup':>8}  same codes"]
     for row in r["rows"]:
         lines.append(f"{row['variant']:<32} {row['frames_per_second']:>9.3f} {row['real_time_factor']:>8.2f} "
                      f"{row['speedup']:>7.2f}x  {row['same_codes_as_first']}")
@@ -484,7 +541,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--generator", action="store_true",
                    help="also run the same work through engine.generator (streaming, decode overlapped)")
-    p.add_argument("--compare", choices=("compile", "threads"), default=None,
+    p.add_argument("--compare", choices=("compile", "threads", "dequantize"), default=None,
                    help="measure variants side by side, taking turns, instead of the usual run")
     p.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -505,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         if args.dtype is None:
             args.dtype = default_dtype_name()
+        if args.compare == "dequantize" and args.quantize is None:
+            args.quantize = 8
         result = run_compare(args)
         print(json.dumps(result) if args.json else format_compare(result), flush=True)
         return 0
