@@ -83,6 +83,34 @@ def test_streamed_chunks_join_to_the_non_streamed_audio(tiny_model):
     assert len({c.time_to_first_audio for c in chunks}) == 1  # the utterance's first audio
 
 
+def test_a_chunk_ending_on_the_last_frame_is_decoded_once(tiny_model):
+    """16 frames in chunks of 4: the last frame completes a chunk (its decode is queued ahead of
+    the next frame inside the loop) and is also the final chunk."""
+    whole, = run(tiny_model, seed=5, max_audio_length_ms=1280)
+    chunks = run(tiny_model, seed=5, max_audio_length_ms=1280, stream=True, streaming_interval=0.32)
+    assert [len(c.codes) for c in chunks] == [4, 4, 4, 4]
+    assert [c.is_final for c in chunks] == [False, False, False, True]
+    joined = np.concatenate([np.array(c.audio) for c in chunks])
+    assert joined.shape == (16 * FRAME,)
+    assert np.abs(joined - np.array(whole.audio)).max() <= 1e-5
+
+
+def test_end_of_speech_on_a_chunk_edge_streams_what_came_before(tiny_model, monkeypatch):
+    real = tiny_model.csm.generate_frame
+    calls = []
+
+    def silence_at_eight(h_last, sampler):
+        calls.append(1)
+        codes = real(h_last, sampler)
+        return mx.zeros_like(codes) if len(calls) == 8 else codes  # frame 8 would end chunk 2
+
+    monkeypatch.setattr(tiny_model.csm, "generate_frame", silence_at_eight)
+    chunks = run(tiny_model, seed=5, max_audio_length_ms=2000, stream=True, streaming_interval=0.32)
+    assert [len(c.codes) for c in chunks] == [4, 3]
+    assert chunks[-1].stop_reason == STOP_END_OF_SPEECH
+    assert sum(len(np.array(c.audio)) for c in chunks) == 7 * FRAME
+
+
 # ------------------------------------------------------------------------------------------------
 # Stop rules
 
