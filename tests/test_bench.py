@@ -77,20 +77,20 @@ def test_compare_runs_variants_side_by_side(capsys):
     assert compiled["same_codes_as_first"]
 
 
-def test_compare_dequantize_times_prefill_and_agrees(capsys):
+def test_compare_prefill_times_quantized_prefill_and_agrees(capsys):
     import engine.llama as llama
 
-    default = llama.DEQUANTIZE_MIN_ROWS
+    default = llama.FLOAT32_PRODUCT_MIN_ROWS
     try:
         code = generation.main(["--size", "tiny", "--prompt-tokens", "70", "--rounds", "1",
-                                "--compare", "dequantize", "--json"])
+                                "--compare", "prefill", "--json"])
     finally:
-        llama.DEQUANTIZE_MIN_ROWS = default
+        llama.FLOAT32_PRODUCT_MIN_ROWS = default
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["quantize"] == 8 and result["prompt_tokens"] == 70
     before, after = result["rows"]
-    assert before["variant"].startswith("quantized kernel") and after["prefill_rows_per_second"] > 0
+    assert before["variant"].startswith("MLX's own") and after["prefill_rows_per_second"] > 0
     # the same prefill either way, up to float rounding
     assert after["hidden_max_rel_diff"] < 1e-4
 

@@ -83,7 +83,7 @@ def test_unpacked_weights_equal_mlx_dequantize(bits):
 
 
 def test_quantized_layers_take_the_float32_path_for_many_rows_only(monkeypatch):
-    """Our QuantizedLinear: a prompt block (>= DEQUANTIZE_MIN_ROWS rows) on the CPU goes through
+    """Our QuantizedLinear: a prompt block (>= FLOAT32_PRODUCT_MIN_ROWS rows) on the CPU goes through
     unpacked float32 weights; one row keeps MLX's quantized kernel. Both give the same products up
     to float rounding, and the whole model's prefill agrees either way."""
     import engine.llama as llama
@@ -97,7 +97,7 @@ def test_quantized_layers_take_the_float32_path_for_many_rows_only(monkeypatch):
     real = llama.dequantize_affine
     monkeypatch.setattr(llama, "dequantize_affine", lambda *a: calls.append(1) or real(*a))
     with mx.stream(mx.cpu):
-        x = mx.random.normal((1, llama.DEQUANTIZE_MIN_ROWS, layer.weight.shape[1] * 32 // layer.bits),
+        x = mx.random.normal((1, llama.FLOAT32_PRODUCT_MIN_ROWS, layer.weight.shape[1] * 32 // layer.bits),
                              key=mx.random.key(1))
         kernel = mx.quantized_matmul(x, layer.weight, layer.scales, layer.biases, transpose=True,
                                      group_size=layer.group_size, bits=layer.bits)
@@ -114,6 +114,31 @@ def test_quantized_layers_take_the_float32_path_for_many_rows_only(monkeypatch):
             cache = model.new_backbone_cache(24)
             return model.backbone(model.embed_rows(tokens[None], mask[None]), cache)
         fast = prefill()
-        monkeypatch.setattr(llama, "DEQUANTIZE_MIN_ROWS", 1 << 30)
+        monkeypatch.setattr(llama, "FLOAT32_PRODUCT_MIN_ROWS", 1 << 30)
         slow = prefill()
     assert mx.allclose(fast, slow, atol=1e-4, rtol=1e-4).item()
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+def test_half_precision_prompt_blocks_run_in_float32_on_the_cpu(dtype, monkeypatch):
+    """bfloat16/float16 Linear layers: many rows on the CPU go through float32 products (the BLAS),
+    one row stays in MLX's own kernel; the prefill agrees either way up to half-precision rounding."""
+    import engine.llama as llama
+
+    model = random_csm(tiny_config(), dtype, seed=6)
+    tokens, mask = random_prompt(20, model.config, 0)
+    widened = []
+    real = llama._product
+    monkeypatch.setattr(llama, "_product", lambda x, w: widened.append(w.dtype) or real(x, w))
+    with mx.stream(mx.cpu):
+        def prefill():
+            cache = model.new_backbone_cache(24)
+            return model.backbone(model.embed_rows(tokens[None], mask[None]), cache)
+        fast = prefill()
+        assert fast.dtype == dtype and widened and set(widened) == {mx.float32}
+        widened.clear()
+        monkeypatch.setattr(llama, "FLOAT32_PRODUCT_MIN_ROWS", 1 << 30)
+        slow = prefill()
+        assert set(widened) == {dtype}
+    f, s = np.array(fast.astype(mx.float32)), np.array(slow.astype(mx.float32))
+    assert np.abs(f - s).max() <= 0.05 * np.abs(s).max()

@@ -17,8 +17,9 @@ Options: --dtype float32|bfloat16|float16 (default: engine.device.default_dtype(
 again in a fresh process with CSM_OPENBLAS=0, since the BLAS is chosen before MLX is imported),
 --no-mimi, --compile / --no-compile (the engine's compiled frame step), --generator (the same work
 again through engine.generator: streaming, Mimi decode overlapped, as CSMModel.generate runs it),
---compare compile|threads|dequantize (variants measured side by side, taking turns in one process;
-dequantize times the prompt prefill of a quantized model, in the generator's 64-row blocks).
+--compare compile|threads|prefill (variants measured side by side, taking turns in one process;
+prefill times the prompt prefill of a quantized (default 8-bit) or --dtype bfloat16/float16 model, in
+the generator's 64-row blocks, with MLX's own kernels and with products widened to float32).
 """
 
 from __future__ import annotations
@@ -399,18 +400,18 @@ def compare_prefill(model: CSM, variants: dict, rows: int, rounds: int = 3, seed
 
 def comparison_variants(which: str) -> dict:
     """Named switches for --compare: 'compile' (eager / compiled frame step, each with and without
-    the weight-left matmuls), 'threads' (1 and 2 OpenBLAS threads) or 'dequantize' (a quantized
-    model's multi-row products in MLX's quantized kernel, or unpacked to float32 on the CPU)."""
+    the weight-left matmuls), 'threads' (1 and 2 OpenBLAS threads) or 'prefill' (a quantized or
+    half-precision model's multi-row products in MLX's own kernels, or widened to float32 on the CPU)."""
     import engine.llama as llama
     from engine.blas import default_threads, set_threads
 
-    if which == "dequantize":
+    if which == "prefill":
         def rows_from(n: int):
             def switch():
-                llama.DEQUANTIZE_MIN_ROWS = n
+                llama.FLOAT32_PRODUCT_MIN_ROWS = n
             return switch
-        return {"quantized kernel (before)": rows_from(1 << 30),
-                f"unpacked to float32 (default, >= {llama.DEQUANTIZE_MIN_ROWS} rows)": rows_from(llama.DEQUANTIZE_MIN_ROWS)}
+        return {"MLX's own kernels (before)": rows_from(1 << 30),
+                f"widened to float32 (default, >= {llama.FLOAT32_PRODUCT_MIN_ROWS} rows)": rows_from(llama.FLOAT32_PRODUCT_MIN_ROWS)}
 
     def setup(compiled: bool, weight_left: bool, threads: int | None = None):
         def switch():
@@ -444,7 +445,7 @@ def run_compare(args) -> dict:
               "quantize": args.quantize, "model": args.model or f"random CSM-1B ({args.size})",
               "device": device_name(), "mlx_version": mx.__version__, "blas": blas_info().describe(),
               "load_seconds": load_s, "command": "python -m engine.bench " + " ".join(args.argv)}
-    if args.compare == "dequantize":
+    if args.compare == "prefill":
         results = compare_prefill(model, variants, args.prompt_tokens, rounds=args.rounds, seed=args.seed)
         first = next(iter(results))
         base = float(np.median(results[first]["rps"]))
@@ -469,7 +470,7 @@ def format_compare(r: dict) -> str:
     lines = [f"{r['model']}, {r['dtype']}{', %d-bit' % r['quantize'] if r['quantize'] else ''}; {r['device']}; "
              f"MLX {r['mlx_version']}; {r['blas']}",
     ]
-    if r["compare"] == "dequantize":
+    if r["compare"] == "prefill":
         lines += [f"prefill of {r['prompt_tokens']} prompt rows in 64-row blocks x {r['rounds']} rounds, "
                   "variants taking turns; median rows/s",
                   f"{'variant':<44} {'rows/s':>9} {'speedup':>8}  last hidden state, max rel. diff"]
@@ -541,7 +542,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--generator", action="store_true",
                    help="also run the same work through engine.generator (streaming, decode overlapped)")
-    p.add_argument("--compare", choices=("compile", "threads", "dequantize"), default=None,
+    p.add_argument("--compare", choices=("compile", "threads", "prefill"), default=None,
                    help="measure variants side by side, taking turns, instead of the usual run")
     p.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -562,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         if args.dtype is None:
             args.dtype = default_dtype_name()
-        if args.compare == "dequantize" and args.quantize is None:
-            args.quantize = 8
+        if args.compare == "prefill" and args.quantize is None and args.dtype == "float32":
+            args.quantize = 8  # nothing to compare in a float32 model
         result = run_compare(args)
         print(json.dumps(result) if args.json else format_compare(result), flush=True)
         return 0
