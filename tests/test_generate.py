@@ -95,16 +95,21 @@ def test_a_chunk_ending_on_the_last_frame_is_decoded_once(tiny_model):
     assert np.abs(joined - np.array(whole.audio)).max() <= 1e-5
 
 
-def test_end_of_speech_on_a_chunk_edge_streams_what_came_before(tiny_model, monkeypatch):
-    real = tiny_model.csm.generate_frame
+def silence_at(model, monkeypatch, n: int) -> None:
+    """Make the model's n-th generated frame all zeros (end of speech)."""
+    real = model.csm.generate_frame
     calls = []
 
-    def silence_at_eight(h_last, sampler):
+    def frame_or_silence(h_last, sampler):
         calls.append(1)
         codes = real(h_last, sampler)
-        return mx.zeros_like(codes) if len(calls) == 8 else codes  # frame 8 would end chunk 2
+        return mx.zeros_like(codes) if len(calls) == n else codes
 
-    monkeypatch.setattr(tiny_model.csm, "generate_frame", silence_at_eight)
+    monkeypatch.setattr(model.csm, "generate_frame", frame_or_silence)
+
+
+def test_end_of_speech_on_a_chunk_edge_streams_what_came_before(tiny_model, monkeypatch):
+    silence_at(tiny_model, monkeypatch, 8)  # frame 8 would end chunk 2
     chunks = run(tiny_model, seed=5, max_audio_length_ms=2000, stream=True, streaming_interval=0.32)
     assert [len(c.codes) for c in chunks] == [4, 3]
     assert chunks[-1].stop_reason == STOP_END_OF_SPEECH
@@ -116,15 +121,7 @@ def test_end_of_speech_on_a_chunk_edge_streams_what_came_before(tiny_model, monk
 
 
 def test_all_zero_frame_ends_the_utterance(tiny_model, monkeypatch):
-    real = tiny_model.csm.generate_frame
-    calls = []
-
-    def frame_then_silence(h_last, sampler):
-        calls.append(1)
-        codes = real(h_last, sampler)
-        return mx.zeros_like(codes) if len(calls) == 4 else codes
-
-    monkeypatch.setattr(tiny_model.csm, "generate_frame", frame_then_silence)
+    silence_at(tiny_model, monkeypatch, 4)
     (r,) = run(tiny_model, max_audio_length_ms=2000)
     assert r.stop_reason == STOP_END_OF_SPEECH
     assert r.codes.shape == (3, 32)  # the all-zero frame is not audio; nothing before it is cut

@@ -467,26 +467,22 @@ def run_compare(args) -> dict:
 
 
 def format_compare(r: dict) -> str:
-    lines = [f"{r['model']}, {r['dtype']}{', %d-bit' % r['quantize'] if r['quantize'] else ''}; {r['device']}; "
-             f"MLX {r['mlx_version']}; {r['blas']}",
-    ]
     if r["compare"] == "prefill":
-        lines += [f"prefill of {r['prompt_tokens']} prompt rows in 64-row blocks x {r['rounds']} rounds, "
-                  "variants taking turns; median rows/s",
-                  f"{'variant':<44} {'rows/s':>9} {'speedup':>8}  last hidden state, max rel. diff"]
-        for row in r["rows"]:
-            lines.append(f"{row['variant']:<44} {row['prefill_rows_per_second']:>9.2f} {row['speedup']:>7.2f}x  "
-                         f"{row['hidden_max_rel_diff']:.1e}")
-        lines.append(f"command: {r['command']}")
-        return "\n".join(lines)
-    lines += [
-        f"{r['frames']} frames x {r['rounds']} rounds, variants taking turns; median frames/s",
-        f"{'variant':<32} {'frames/s':>9} {'RTF':>8} {'speedup':>8}  same codes"]
-    for row in r["rows"]:
-        lines.append(f"{row['variant']:<32} {row['frames_per_second']:>9.3f} {row['real_time_factor']:>8.2f} "
-                     f"{row['speedup']:>7.2f}x  {row['same_codes_as_first']}")
-    lines.append(f"command: {r['command']}")
-    return "\n".join(lines)
+        what = (f"prefill of {r['prompt_tokens']} prompt rows in 64-row blocks x {r['rounds']} rounds, "
+                "variants taking turns; median rows/s")
+        header = f"{'variant':<44} {'rows/s':>9} {'speedup':>8}  last hidden state, max rel. diff"
+        def line(row):
+            return (f"{row['variant']:<44} {row['prefill_rows_per_second']:>9.2f} {row['speedup']:>7.2f}x  "
+                    f"{row['hidden_max_rel_diff']:.1e}")
+    else:
+        what = f"{r['frames']} frames x {r['rounds']} rounds, variants taking turns; median frames/s"
+        header = f"{'variant':<32} {'frames/s':>9} {'RTF':>8} {'speedup':>8}  same codes"
+        def line(row):
+            return (f"{row['variant']:<32} {row['frames_per_second']:>9.3f} {row['real_time_factor']:>8.2f} "
+                    f"{row['speedup']:>7.2f}x  {row['same_codes_as_first']}")
+    model = f"{r['model']}, {r['dtype']}{', %d-bit' % r['quantize'] if r['quantize'] else ''}"
+    return "\n".join([f"{model}; {r['device']}; MLX {r['mlx_version']}; {r['blas']}", what, header,
+                      *map(line, r["rows"]), f"command: {r['command']}"])
 
 
 def format_table(r: dict) -> str:
