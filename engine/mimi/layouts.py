@@ -119,34 +119,57 @@ def _is_ignored(key: str) -> bool:
 
 
 # --- Kyutai <-> transformers ------------------------------------------------------------------------
-_KYUTAI_RENAMES = [
-    (r"^(encoder|decoder)\.model\.(\d+)\.block\.(\d+)\.conv\.conv\.", r"\1.layers.\2.block.\3.conv."),
-    (r"^(encoder|decoder)\.model\.(\d+)\.conv\.conv\.", r"\1.layers.\2.conv."),
-    (r"^decoder\.model\.(\d+)\.convtr\.convtr\.", r"decoder.layers.\1.conv."),
-    (r"^downsample\.conv\.conv\.conv\.", "downsample.conv."),
-    (r"^upsample\.convtr\.convtr\.convtr\.", "upsample.conv."),
-    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.self_attn\.out_proj\.",
-     r"\1_transformer.layers.\2.self_attn.o_proj."),
-    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.norm1\.", r"\1_transformer.layers.\2.input_layernorm."),
-    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.norm2\.",
-     r"\1_transformer.layers.\2.post_attention_layernorm."),
-    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.linear1\.", r"\1_transformer.layers.\2.mlp.fc1."),
-    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.linear2\.", r"\1_transformer.layers.\2.mlp.fc2."),
-    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.layer_scale_1\.",
-     r"\1_transformer.layers.\2.self_attn_layer_scale."),
-    (r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.layer_scale_2\.",
-     r"\1_transformer.layers.\2.mlp_layer_scale."),
-    (r"^quantizer\.rvq_first\.vq\.layers\.(\d+)\._codebook\.embedding_sum$",
-     r"quantizer.semantic_residual_vector_quantizer.layers.\1.codebook.embed_sum"),
-    (r"^quantizer\.rvq_first\.vq\.layers\.(\d+)\._codebook\.cluster_usage$",
-     r"quantizer.semantic_residual_vector_quantizer.layers.\1.codebook.cluster_usage"),
-    (r"^quantizer\.rvq_rest\.vq\.layers\.(\d+)\._codebook\.embedding_sum$",
-     r"quantizer.acoustic_residual_vector_quantizer.layers.\1.codebook.embed_sum"),
-    (r"^quantizer\.rvq_rest\.vq\.layers\.(\d+)\._codebook\.cluster_usage$",
-     r"quantizer.acoustic_residual_vector_quantizer.layers.\1.codebook.cluster_usage"),
-    (r"^quantizer\.rvq_first\.(input_proj|output_proj)\.", r"quantizer.semantic_residual_vector_quantizer.\1."),
-    (r"^quantizer\.rvq_rest\.(input_proj|output_proj)\.", r"quantizer.acoustic_residual_vector_quantizer.\1."),
+# One list of name pairs, (Kyutai, canonical), read in both directions. `{side}` is encoder|decoder,
+# `{n}`/`{m}` a layer index, `{proj}` input_proj|output_proj; a trailing `$` makes a whole-key match,
+# otherwise the pair renames a prefix. The SEANet conv pairs are marked one-way: their canonical names
+# do not say whether a decoder layer is a transposed conv (`transformers_to_kyutai` asks the plan).
+_NAME_PAIRS = [  # (kyutai, canonical, reversible)
+    ("{side}.model.{n}.block.{m}.conv.conv.", "{side}.layers.{n}.block.{m}.conv.", False),
+    ("{side}.model.{n}.conv.conv.", "{side}.layers.{n}.conv.", False),
+    ("decoder.model.{n}.convtr.convtr.", "decoder.layers.{n}.conv.", False),
+    ("downsample.conv.conv.conv.", "downsample.conv.", True),
+    ("upsample.convtr.convtr.convtr.", "upsample.conv.", True),
+    ("{side}_transformer.transformer.layers.{n}.self_attn.out_proj.", "{side}_transformer.layers.{n}.self_attn.o_proj.", True),
+    ("{side}_transformer.transformer.layers.{n}.norm1.", "{side}_transformer.layers.{n}.input_layernorm.", True),
+    ("{side}_transformer.transformer.layers.{n}.norm2.", "{side}_transformer.layers.{n}.post_attention_layernorm.", True),
+    ("{side}_transformer.transformer.layers.{n}.linear1.", "{side}_transformer.layers.{n}.mlp.fc1.", True),
+    ("{side}_transformer.transformer.layers.{n}.linear2.", "{side}_transformer.layers.{n}.mlp.fc2.", True),
+    ("{side}_transformer.transformer.layers.{n}.layer_scale_1.", "{side}_transformer.layers.{n}.self_attn_layer_scale.", True),
+    ("{side}_transformer.transformer.layers.{n}.layer_scale_2.", "{side}_transformer.layers.{n}.mlp_layer_scale.", True),
+    ("quantizer.rvq_first.vq.layers.{n}._codebook.embedding_sum$",
+     "quantizer.semantic_residual_vector_quantizer.layers.{n}.codebook.embed_sum$", True),
+    ("quantizer.rvq_first.vq.layers.{n}._codebook.cluster_usage$",
+     "quantizer.semantic_residual_vector_quantizer.layers.{n}.codebook.cluster_usage$", True),
+    ("quantizer.rvq_rest.vq.layers.{n}._codebook.embedding_sum$",
+     "quantizer.acoustic_residual_vector_quantizer.layers.{n}.codebook.embed_sum$", True),
+    ("quantizer.rvq_rest.vq.layers.{n}._codebook.cluster_usage$",
+     "quantizer.acoustic_residual_vector_quantizer.layers.{n}.codebook.cluster_usage$", True),
+    ("quantizer.rvq_first.{proj}.", "quantizer.semantic_residual_vector_quantizer.{proj}.", True),
+    ("quantizer.rvq_rest.{proj}.", "quantizer.acoustic_residual_vector_quantizer.{proj}.", True),
 ]
+_FIELDS = {"side": "encoder|decoder", "n": r"\d+", "m": r"\d+", "proj": "input_proj|output_proj"}
+
+
+def _rule(source: str, target: str) -> tuple[re.Pattern, str]:
+    """A name pair as (regex over the source form, replacement template in the target form)."""
+    whole = source.endswith("$")
+    pattern = re.escape(source.rstrip("$"))
+    for field, alternatives in _FIELDS.items():
+        pattern = pattern.replace(re.escape("{" + field + "}"), f"(?P<{field}>{alternatives})")
+    return re.compile("^" + pattern + ("$" if whole else "")), target.rstrip("$")
+
+
+def _rename(rules: list[tuple[re.Pattern, str]], key: str) -> str | None:
+    """`key` renamed by the first rule that matches it, or None."""
+    for pattern, target in rules:
+        m = pattern.match(key)
+        if m:
+            return target.format(**m.groupdict()) + key[m.end():]
+    return None
+
+
+_TO_CANONICAL = [_rule(kyutai, canonical) for kyutai, canonical, _ in _NAME_PAIRS]
+_TO_KYUTAI = [_rule(canonical, kyutai) for kyutai, canonical, reversible in _NAME_PAIRS if reversible]
 _IN_PROJ = re.compile(r"^(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.self_attn\.in_proj_weight$")
 
 
@@ -167,14 +190,12 @@ def kyutai_to_canonical(weights: dict) -> tuple[dict, dict, list[str]]:
                 out[base + name + ".weight"] = value[i * d:(i + 1) * d]
                 origin[base + name + ".weight"] = key
             continue
-        for pattern, repl in _KYUTAI_RENAMES:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                out[new] = value
-                origin[new] = key
-                break
-        else:
+        new = _rename(_TO_CANONICAL, key)
+        if new is None:
             unknown.append(key)
+        else:
+            out[new] = value
+            origin[new] = key
     return out, origin, unknown
 
 
@@ -226,7 +247,6 @@ def transformers_to_kyutai(weights: dict, cfg: MimiConfig) -> dict:
             attn.setdefault(f"{m.group(1)}_transformer.transformer.layers.{m.group(2)}.self_attn.in_proj_weight",
                             {})[m.group(3)] = value
             continue
-        new = key
         m = re.match(r"^(encoder|decoder)\.layers\.(\d+)\.(block\.\d+\.)?conv\.(weight|bias)$", key)
         if m:
             side, idx, block, what = m.group(1), int(m.group(2)), m.group(3) or "", m.group(4)
@@ -235,36 +255,8 @@ def transformers_to_kyutai(weights: dict, cfg: MimiConfig) -> dict:
             else:
                 new = f"{side}.model.{idx}.{block}conv.conv.{what}"
         else:
-            for pattern, repl in [
-                (r"^downsample\.conv\.", "downsample.conv.conv.conv."),
-                (r"^upsample\.conv\.", "upsample.convtr.convtr.convtr."),
-                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.self_attn\.o_proj\.",
-                 r"\1_transformer.transformer.layers.\2.self_attn.out_proj."),
-                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.input_layernorm\.",
-                 r"\1_transformer.transformer.layers.\2.norm1."),
-                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.post_attention_layernorm\.",
-                 r"\1_transformer.transformer.layers.\2.norm2."),
-                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.mlp\.fc1\.", r"\1_transformer.transformer.layers.\2.linear1."),
-                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.mlp\.fc2\.", r"\1_transformer.transformer.layers.\2.linear2."),
-                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.self_attn_layer_scale\.",
-                 r"\1_transformer.transformer.layers.\2.layer_scale_1."),
-                (r"^(encoder|decoder)_transformer\.layers\.(\d+)\.mlp_layer_scale\.",
-                 r"\1_transformer.transformer.layers.\2.layer_scale_2."),
-                (r"^quantizer\.semantic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.embed_sum$",
-                 r"quantizer.rvq_first.vq.layers.\1._codebook.embedding_sum"),
-                (r"^quantizer\.semantic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.cluster_usage$",
-                 r"quantizer.rvq_first.vq.layers.\1._codebook.cluster_usage"),
-                (r"^quantizer\.acoustic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.embed_sum$",
-                 r"quantizer.rvq_rest.vq.layers.\1._codebook.embedding_sum"),
-                (r"^quantizer\.acoustic_residual_vector_quantizer\.layers\.(\d+)\.codebook\.cluster_usage$",
-                 r"quantizer.rvq_rest.vq.layers.\1._codebook.cluster_usage"),
-                (r"^quantizer\.semantic_residual_vector_quantizer\.(input_proj|output_proj)\.", r"quantizer.rvq_first.\1."),
-                (r"^quantizer\.acoustic_residual_vector_quantizer\.(input_proj|output_proj)\.", r"quantizer.rvq_rest.\1."),
-            ]:
-                new, n = re.subn(pattern, repl, key)
-                if n:
-                    break
-            else:
+            new = _rename(_TO_KYUTAI, key)
+            if new is None:
                 raise WeightsError(f"no Kyutai name for {key}")
         out[new] = value
     for key, parts in attn.items():
