@@ -444,7 +444,8 @@ def default_dtype():
     return measured_default()
 
 
-def _listing(names, limit=8) -> str:
+def short_listing(names, limit: int = 8) -> str:
+    """Names for an error message: sorted, the first `limit`, and how many more."""
     names = sorted(names)
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
@@ -504,11 +505,11 @@ def check_weights(model: CSM, weights: dict, source: dict, layout: str, where: s
     prefix = "model." if any(v.startswith("model.") for v in source.values()) else ""
     problems = []
     if missing:
-        problems.append(f"missing keys: {_listing([source_name(n, layout, prefix) for n in missing])}")
+        problems.append(f"missing keys: {short_listing([source_name(n, layout, prefix) for n in missing])}")
     if unexpected:
-        problems.append(f"unexpected keys: {_listing([source[n] for n in unexpected])}")
+        problems.append(f"unexpected keys: {short_listing([source[n] for n in unexpected])}")
     if misshapen:
-        problems.append("wrong shapes: " + _listing(
+        problems.append("wrong shapes: " + short_listing(
             [f"{source[k]} {tuple(weights[k].shape)} (expected {tuple(expected[k].shape)})" for k in misshapen]))
     if problems:
         raise WeightsError(f"{where} does not match its config.json ({layout} key names): "

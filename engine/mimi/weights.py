@@ -23,7 +23,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import WeightsError
-from ..weights import safetensors_keys
+from ..weights import safetensors_keys, short_listing
 from .codec import Mimi
 from .config import MimiConfig
 from .conv import CausalConv1d, CausalConvTranspose1d
@@ -151,14 +151,14 @@ def _to_model(model: Mimi, canonical: dict, origin: dict, unknown: list, layout:
     missing = [k for k in expected if k not in given]
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} tensor(s) (transformers MimiModel names): {_listing(_canonical_names(missing))}")
+        problems.append(f"missing {len(missing)} tensor(s) (transformers MimiModel names): {short_listing(_canonical_names(missing))}")
     if misshapen:
-        problems.append(f"{len(misshapen)} with the wrong shape: {_listing(misshapen)}")
+        problems.append(f"{len(misshapen)} with the wrong shape: {short_listing(misshapen)}")
     if problems:
         raise WeightsError(f"{where} does not fit the Mimi configuration ({layout} layout): " + "; ".join(problems)
                            + ". Is the config (config.json / codec_config) the one these weights were saved with?")
     if extra:
-        warnings.warn(f"{where}: {len(extra)} tensor(s) not used by Mimi: {_listing(extra)}", stacklevel=3)
+        warnings.warn(f"{where}: {len(extra)} tensor(s) not used by Mimi: {short_listing(extra)}", stacklevel=3)
     return out
 
 
@@ -180,12 +180,6 @@ def _canonical_names(names: list[str]) -> list[str]:
         n = re.sub(r"^(downsample|upsample)\.weight$", r"\1.conv.weight", n)
         out.append(n)
     return out
-
-
-def _listing(names, limit: int = 8) -> str:
-    names = list(names)
-    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
 
 # --- files ---------------------------------------------------------------------------------------------
