@@ -11,6 +11,9 @@ One generated frame (DESIGN.md, REFERENCE.md):
       c_i ~ decoder_hidden @ audio_head[i-1];  next input audio_emb(c_i + i*V)
   The decoder's cache is reset every frame (positions 0..K-1). Inputs go through `projection`
   (Db -> Dd) before the decoder.
+
+A bfloat16 model on a CPU with engine.cpu_kernels runs a one-sequence frame's depth decoder in
+engine/cpu_depth.py (NumPy over bfloat16 kernels) instead of the MLX graph.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
+from . import cpu_depth
 from .kv_cache import KVCache
 from .llama import Linear, Llama, LlamaArgs, head_matmul
 
@@ -96,6 +101,7 @@ class CSM(nn.Module):
         self._decoder_cache: list[KVCache] | None = None
         self._compiled_frames: dict = {}  # sampler -> compiled frame function
         self._compile_failed = False
+        self._cpu_depth_state = None  # (dtype, device, CpuDepthDecoder | None), see _cpu_depth
 
     # ---- embeddings -------------------------------------------------------------------------
     def embed_rows(self, tokens, mask) -> mx.array:
@@ -155,6 +161,12 @@ class CSM(nn.Module):
         from mx.random's global state, which the compiled function reads and advances exactly as
         the plain path does). Set CSM_COMPILE=0 (or COMPILE_FRAMES = False) to run it op by op.
         """
+        depth = self._cpu_depth()
+        if depth is not None:
+            if h_last.shape[0] == 1:
+                return self._cpu_frame(depth, h_last, sampler)
+            # the kernels' one-row products evaluate eagerly: no compiled graph around them
+            return self._frame(h_last, sampler, self._frame_decoder_cache(h_last.shape[0]))
         if COMPILE_FRAMES and not self._compile_failed:
             fn = self._compiled_frame(sampler)
             if fn is not None:
@@ -164,6 +176,21 @@ class CSM(nn.Module):
                     warnings.warn(f"compiled frame step unavailable ({err}); running uncompiled")
                     self._compile_failed = True
         return self._frame(h_last, sampler, self._frame_decoder_cache(h_last.shape[0]))
+
+    def _cpu_depth(self):
+        """The NumPy depth decoder when this model can use it here (engine/cpu_depth.py), else None."""
+        key = (self._act_dtype(), mx.default_device())
+        state = self._cpu_depth_state
+        if state is None or state[:2] != key:
+            depth = cpu_depth.CpuDepthDecoder(self) if cpu_depth.usable(self) else None
+            state = self._cpu_depth_state = (*key, depth)
+        return state[2]
+
+    def _cpu_frame(self, depth, h_last: mx.array, sampler: Sampler) -> mx.array:
+        """One frame for one sequence through engine/cpu_depth.py: codes (1, K) int32."""
+        c0 = int(sampler(self.codebook0_head(h_last)).astype(mx.int32).item())
+        rest = depth.frame(np.array(h_last[0].astype(mx.float32)), c0, sampler)
+        return mx.array([[c0, *rest]], dtype=mx.int32)
 
     def _compiled_frame(self, sampler: Sampler):
         try:
@@ -200,10 +227,12 @@ class CSM(nn.Module):
     # Compiled graphs hold the weights they were traced with: forget them when weights change.
     def update(self, parameters: dict, *args, **kwargs):
         self._compiled_frames = {}
+        self._cpu_depth_state = None
         return super().update(parameters, *args, **kwargs)
 
     def update_modules(self, modules: dict, *args, **kwargs):
         self._compiled_frames = {}
+        self._cpu_depth_state = None
         return super().update_modules(modules, *args, **kwargs)
 
     def frame_logits(self, h_last: mx.array, codes: mx.array) -> mx.array:

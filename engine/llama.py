@@ -22,6 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import cpu_kernels
 from .kv_cache import KVCache
 
 
@@ -84,7 +85,19 @@ class Linear(nn.Linear):
         w = self.weight
         if w.dtype in _HALF and _float32_rows(x):
             return _product(x.astype(mx.float32), w.astype(mx.float32)).astype(x.dtype)
+        if w.dtype == mx.bfloat16 and mx.default_device() == mx.cpu and cpu_kernels.available():
+            return self._kernel_product(x)
         return _product(x, w)
+
+    def _kernel_product(self, x: mx.array) -> mx.array:
+        """A few rows through engine.cpu_kernels (bfloat16 weights on the CPU; evaluates x now)."""
+        cached = getattr(self, "_kernel_bits", None)
+        if cached is None or cached[0] is not self.weight:
+            cached = (self.weight, cpu_kernels.bf16_bits(self.weight))
+            object.__setattr__(self, "_kernel_bits", cached)  # not a parameter
+        rows = x.reshape(-1, x.shape[-1]).astype(mx.float32)
+        out = np.stack([cpu_kernels.matvec(cached[1], row) for row in np.array(rows)])
+        return mx.array(out).astype(x.dtype).reshape(*x.shape[:-1], -1)
 
     def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine",
                      quantize_input: bool = False):

@@ -437,8 +437,8 @@ def source_name(name: str, layout: str, mlx_prefix: str = "") -> str:
 
 
 def default_dtype():
-    """The per-device default chosen by measurement (engine.device): float32 on the CPU, bfloat16 on
-    a GPU, `CSM_DTYPE` overriding either."""
+    """The per-device default chosen by measurement (engine.device): bfloat16 on a GPU and on a CPU
+    with engine.cpu_kernels, float32 on other CPUs, `CSM_DTYPE` overriding any."""
     from engine.device import default_dtype as measured_default
 
     return measured_default()
@@ -476,7 +476,7 @@ def build_csm(config: dict, weight_names=()) -> CSM:
 def load_csm(path: str | Path, dtype=None) -> CSM:
     """Load a CSM from a folder (or a model name, resolved with resolve_model), any known layout.
 
-    dtype: of the float parameters; None -> float32 on the CPU, bfloat16 on a GPU.
+    dtype: of the float parameters; None -> engine.device.default_dtype() (see there).
     """
     path = resolve_model(path)
     config = _read_config(path)

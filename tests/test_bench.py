@@ -57,7 +57,10 @@ def test_default_dtype_by_device(monkeypatch):
     from engine.errors import InputError
 
     monkeypatch.delenv("CSM_DTYPE", raising=False)
-    expected = mx.bfloat16 if mx.default_device().type == mx.DeviceType.gpu else mx.float32
+    from engine import cpu_kernels
+
+    gpu = mx.default_device().type == mx.DeviceType.gpu
+    expected = mx.bfloat16 if gpu or cpu_kernels.available() else mx.float32
     assert default_dtype() == expected
     monkeypatch.setenv("CSM_DTYPE", "bfloat16")
     assert default_dtype() == mx.bfloat16
@@ -82,7 +85,7 @@ def test_compare_prefill_times_quantized_prefill_and_agrees(capsys):
 
     default = llama.FLOAT32_PRODUCT_MIN_ROWS
     try:
-        code = generation.main(["--size", "tiny", "--prompt-tokens", "70", "--rounds", "1",
+        code = generation.main(["--size", "tiny", "--prompt-tokens", "70", "--rounds", "1", "--dtype", "float32",
                                 "--compare", "prefill", "--json"])
     finally:
         llama.FLOAT32_PRODUCT_MIN_ROWS = default

@@ -139,6 +139,6 @@ def test_half_precision_prompt_blocks_run_in_float32_on_the_cpu(dtype, monkeypat
         widened.clear()
         monkeypatch.setattr(llama, "FLOAT32_PRODUCT_MIN_ROWS", 1 << 30)
         slow = prefill()
-        assert set(widened) == {dtype}
+        assert mx.float32 not in widened  # MLX's kernel (or, for bfloat16, engine.cpu_kernels)
     f, s = np.array(fast.astype(mx.float32)), np.array(slow.astype(mx.float32))
     assert np.abs(f - s).max() <= 0.05 * np.abs(s).max()
