@@ -156,22 +156,22 @@ def _ptr(a: np.ndarray) -> int:
 
 def matvec(weight: np.ndarray, x: np.ndarray) -> np.ndarray:
     """weight (rows, k) bfloat16 bits as uint16, x (k,) -> weight @ x, float32 (rows,)."""
-    lib = _load()
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    assert weight.dtype == np.uint16 and weight.flags.c_contiguous and weight.shape[1] == x.shape[0]
-    y = np.empty(weight.shape[0], np.float32)
-    lib.csm_bf16_matvec(_ptr(weight), _ptr(x), _ptr(y), weight.shape[0], weight.shape[1], threads())
-    return y
+    return _product("csm_bf16_matvec", weight, x, k_axis=1)
 
 
 def matvec_t(weight: np.ndarray, h: np.ndarray) -> np.ndarray:
     """weight (k, cols) bfloat16 bits as uint16, h (k,) -> h @ weight, float32 (cols,)."""
+    return _product("csm_bf16_matvec_t", weight, h, k_axis=0)
+
+
+def _product(kernel: str, weight: np.ndarray, vector: np.ndarray, k_axis: int) -> np.ndarray:
     lib = _load()
-    h = np.ascontiguousarray(h, dtype=np.float32)
-    assert weight.dtype == np.uint16 and weight.flags.c_contiguous and weight.shape[0] == h.shape[0]
-    y = np.empty(weight.shape[1], np.float32)
-    lib.csm_bf16_matvec_t(_ptr(weight), _ptr(h), _ptr(y), weight.shape[0], weight.shape[1], threads())
-    return y
+    vector = np.ascontiguousarray(vector, dtype=np.float32)
+    assert weight.dtype == np.uint16 and weight.ndim == 2 and weight.flags.c_contiguous
+    assert weight.shape[k_axis] == vector.shape[0], (weight.shape, vector.shape)
+    out = np.empty(weight.shape[1 - k_axis], np.float32)
+    getattr(lib, kernel)(_ptr(weight), _ptr(vector), _ptr(out), weight.shape[0], weight.shape[1], threads())
+    return out
 
 
 def bf16_bits(array) -> np.ndarray:
