@@ -6,7 +6,7 @@ matmuls run in MLX's own slower CPU kernels (see the README's performance table)
 float32 still matches bfloat16 per frame and keeps full precision. On a GPU (Metal or CUDA) the
 frame loop is memory-bound and bfloat16 halves the bytes read, as the reference does.
 
-With engine.cpu_kernels (x86-64 with AVX512-BF16 and a C compiler) bfloat16 is faster on the CPU
+With engine.cpu_kernels (x86-64 or ARM64 with a C compiler) bfloat16 is faster on the CPU
 too: the frame loop's one-row products and the depth decoder run in bfloat16 kernels that read half
 the bytes at float32's speed (README, Performance), so bfloat16 is the CPU default there.
 

@@ -1,6 +1,6 @@
 """engine.cpu_kernels and engine.cpu_depth: the bfloat16 CPU path of the frame loop.
 
-The kernels need x86-64 with AVX512-BF16 and a C compiler; elsewhere these tests check that the
+The kernels need an x86-64 or ARM64 CPU and a C compiler; elsewhere these tests check that the
 engine says why they are off and falls back (float32 on the CPU)."""
 
 import mlx.core as mx
@@ -90,3 +90,18 @@ def test_bfloat16_frames_on_the_cpu_take_the_numpy_path_and_follow_the_seed(monk
 def test_float32_models_never_use_it():
     model = random_csm(tiny_config(), mx.float32, seed=4)
     assert not cpu_depth.usable(model)
+
+
+@needs_kernels
+def test_portable_loop_computes_what_the_loaded_kernels_do():
+    """The portable C variant (CPUs without AVX512-BF16, or CSM_CPU_KERNELS=portable) against the
+    loaded one: the same bfloat16 products up to float summation order."""
+    portable = cpu_kernels._open(cpu_kernels._build(portable=True))
+    assert portable.csm_bf16_variant() == 0
+    w = mx.random.normal((300, 200), key=mx.random.key(3)).astype(mx.bfloat16)
+    x = np.array(mx.random.normal((200,), key=mx.random.key(4)))
+    bits = cpu_kernels.bf16_bits(w)
+    assert np.allclose(cpu_kernels.matvec(bits, x, lib=portable), cpu_kernels.matvec(bits, x), rtol=1e-5, atol=1e-5)
+    wt = mx.random.normal((200, 300), key=mx.random.key(5)).astype(mx.bfloat16)
+    bits_t = cpu_kernels.bf16_bits(wt)
+    assert np.allclose(cpu_kernels.matvec_t(bits_t, x, lib=portable), cpu_kernels.matvec_t(bits_t, x), rtol=1e-5, atol=1e-5)

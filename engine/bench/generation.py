@@ -323,6 +323,15 @@ def build_mimi(size: str):
     return Mimi.from_weights(tiny_mimi_weights(config, seed=0), config)
 
 
+def cpu_kernels_line() -> str:
+    """engine.cpu_kernels as the benchmark reports it: the variant in use, or why none."""
+    from engine import cpu_kernels
+
+    if mx.default_device() != mx.cpu:
+        return "not used (GPU)"
+    return f"bfloat16, {cpu_kernels.variant()}" if cpu_kernels.available() else f"off: {cpu_kernels.reason()}"
+
+
 def device_name() -> str:
     device = mx.default_device()
     try:
@@ -367,6 +376,7 @@ def run(args) -> dict:
         "mlx_version": mx.__version__,
         "blas": info.describe(),
         "blas_loaded": info.loaded,
+        "cpu_kernels": cpu_kernels_line(),
         "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "command": "python -m engine.bench " + " ".join(args.argv),
     })
@@ -494,6 +504,7 @@ def format_table(r: dict) -> str:
     rows = [
         ("model", r["model"]), ("dtype", r["dtype"] + (f", {r['quantize']}-bit" if r["quantize"] else "")),
         ("device", r["device"]), ("mlx", r["mlx_version"]), ("blas", r["blas"]),
+        ("cpu kernels", r.get("cpu_kernels") or "n/a"),
         ("load", fmt(r["load_seconds"], " s")),
         ("prefill", f"{r['prompt_tokens']} rows in {fmt(r['prefill_seconds'], ' s')} "
                     f"({r['prefill_rows_per_second']:.1f} rows/s)"),
