@@ -17,13 +17,14 @@ import mlx.core as mx
 import numpy as np
 
 from . import cpu_kernels
+from .quantize import quantized_paths
 
 
 def usable(model) -> bool:
     """Whether `model` (a CSM) can run its depth decoder here."""
     if mx.default_device() != mx.cpu or model._act_dtype() != mx.bfloat16:
         return False
-    if any(hasattr(m, "scales") for _, m in model.named_modules()):  # quantized: MLX's own path
+    if quantized_paths(model):  # quantized weights: MLX's own path
         return False
     return cpu_kernels.available()
 
@@ -121,7 +122,7 @@ class CpuDepthDecoder:
         hidden = self._position(self.embedding(c0), 1, cache)
         codes = []
         for i in range(1, self.K):
-            logits = mx.array(self._logits(i, hidden)[None].astype(np.float32)).astype(mx.bfloat16)
+            logits = mx.array(self._logits(i, hidden)[None]).astype(mx.bfloat16)
             c = int(sampler(logits).astype(mx.int32).item())
             codes.append(c)
             if i < self.K - 1:
