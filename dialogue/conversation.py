@@ -35,8 +35,8 @@ from engine.segment import SAMPLE_RATE, Segment
 from storage import Store, StoredSegment
 
 from .budget import Window, choose_window
+from engine.constants import DEFAULT_MODEL
 
-DEFAULT_MODEL = "sesame/csm-1b"
 DEFAULT_MAX_AUDIO_LENGTH_MS = 90_000
 DEFAULT_CONTEXT_LIMIT = 2048  # CSM-1B's backbone positions, when the model does not say
 

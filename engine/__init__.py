@@ -1,5 +1,5 @@
-# First, before anything imports MLX: an optimised BLAS for MLX's CPU backend on Linux (engine/blas.py).
-from . import blas as _blas
+# First, before anything imports MLX: an optimised BLAS for MLX's CPU backend on Linux (engine/cpu/blas.py).
+from .cpu import blas as _blas
 
 _blas.load_openblas()
 

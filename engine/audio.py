@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AudioError
+from engine.constants import SAMPLES_PER_FRAME, SAMPLE_RATE
 
-SAMPLE_RATE = 24_000
-FRAME_SIZE = 1920  # Mimi samples per frame at 24 kHz (12.5 frames a second)
 MIN_GOOD_RATE = 16_000
 READABLE = "WAV, FLAC, OGG (Vorbis/Opus), MP3, AIFF and the other formats libsndfile reads"
 WRITABLE = {".wav": "WAV", ".flac": "FLAC"}
@@ -260,11 +259,11 @@ def duration_seconds(audio_or_samples, sample_rate: int = SAMPLE_RATE) -> float:
     return int(n) / float(sample_rate)
 
 
-def frames_for_samples(num_samples: int, frame_size: int = FRAME_SIZE) -> int:
+def frames_for_samples(num_samples: int, frame_size: int = SAMPLES_PER_FRAME) -> int:
     """Mimi frames that `num_samples` samples at 24 kHz encode to (the last one partial)."""
     return math.ceil(int(num_samples) / frame_size)
 
 
-def samples_for_frames(num_frames: int, frame_size: int = FRAME_SIZE) -> int:
+def samples_for_frames(num_frames: int, frame_size: int = SAMPLES_PER_FRAME) -> int:
     """Samples that `num_frames` Mimi frames decode to at 24 kHz."""
     return int(num_frames) * frame_size

@@ -12,8 +12,8 @@ One generated frame (DESIGN.md, REFERENCE.md):
   The decoder's cache is reset every frame (positions 0..K-1). Inputs go through `projection`
   (Db -> Dd) before the decoder.
 
-A bfloat16 model on a CPU with engine.cpu_kernels runs a one-sequence frame's depth decoder in
-engine/cpu_depth.py (NumPy over bfloat16 kernels) instead of the MLX graph.
+A bfloat16 model on a CPU with engine.cpu.kernels runs a one-sequence frame's depth decoder in
+engine/cpu/depth.py (NumPy over bfloat16 kernels) instead of the MLX graph.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import cpu_depth
+from .cpu import depth as cpu_depth
 from .kv_cache import KVCache
 from .llama import Linear, Llama, LlamaArgs, head_matmul
 
@@ -178,7 +178,7 @@ class CSM(nn.Module):
         return self._frame(h_last, sampler, self._frame_decoder_cache(h_last.shape[0]))
 
     def _cpu_depth(self):
-        """The NumPy depth decoder when this model can use it here (engine/cpu_depth.py), else None."""
+        """The NumPy depth decoder when this model can use it here (engine/cpu/depth.py), else None."""
         key = (self._act_dtype(), mx.default_device())
         state = self._cpu_depth_state
         if state is None or state[:2] != key:
@@ -187,7 +187,7 @@ class CSM(nn.Module):
         return state[2]
 
     def _cpu_frame(self, depth, h_last: mx.array, sampler: Sampler) -> mx.array:
-        """One frame for one sequence through engine/cpu_depth.py: codes (1, K) int32."""
+        """One frame for one sequence through engine/cpu/depth.py: codes (1, K) int32."""
         c0 = int(sampler(self.codebook0_head(h_last)).astype(mx.int32).item())
         rest = depth.frame(np.array(h_last[0].astype(mx.float32)), c0, sampler)
         return mx.array([[c0, *rest]], dtype=mx.int32)

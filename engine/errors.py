@@ -27,3 +27,10 @@ class ContextTooLongError(InputError):
 
 class WeightsError(CSMError):
     """Model files are missing, unreadable, or do not match the expected layout and shapes."""
+
+
+def short_listing(names, limit: int = 8) -> str:
+    """Names for an error message: sorted, the first `limit`, and how many more."""
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+

@@ -55,11 +55,8 @@ import mlx.core as mx
 import numpy as np
 
 from engine.errors import ContextTooLongError, InputError
+from engine.constants import FRAME_RATE, MS_PER_FRAME, NUM_CODEBOOKS, ROW_WIDTH
 
-NUM_CODEBOOKS = 32
-ROW_WIDTH = NUM_CODEBOOKS + 1  # 32 audio columns + 1 text column
-FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
-MS_PER_FRAME = 80
 
 # Run-away protection from the text length. Natural reading runs ~2.5 words/s (~15 chars/s);
 # these bounds are slower than any natural pace, plus a fixed allowance for pauses and breaths,

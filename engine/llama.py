@@ -9,7 +9,7 @@ MLX-community checkpoints map onto these modules one to one.
 
 RoPE rotates *adjacent pairs* (x[2i], x[2i+1]) — the "traditional"/interleaved convention of the
 original Sesame weights. Checkpoints written for rotate-half RoPE (transformers) have their q/k rows
-permuted back at load time (see engine/weights.py).
+permuted back at load time (see engine/checkpoints/layouts.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import cpu_kernels
+from .cpu import kernels as cpu_kernels
 from .kv_cache import KVCache
 
 
@@ -90,7 +90,7 @@ class Linear(nn.Linear):
         return _product(x, w)
 
     def _kernel_product(self, x: mx.array) -> mx.array:
-        """A few rows through engine.cpu_kernels (bfloat16 weights on the CPU; evaluates x now)."""
+        """A few rows through engine.cpu.kernels (bfloat16 weights on the CPU; evaluates x now)."""
         cached = getattr(self, "_kernel_bits", None)
         if cached is None or cached[0] is not self.weight:
             cached = (self.weight, cpu_kernels.bf16_bits(self.weight))

@@ -47,8 +47,9 @@ from engine.generator import (
     frame_cap,
 )
 from engine.segment import Segment
+from engine.constants import DEFAULT_MODEL, SAMPLE_RATE
+from engine.options import EngineOptions
 
-SAMPLE_RATE = 24_000
 DEFAULT_VOICE = "conversational_a"
 MAX_PIECE_CHARS = 400  # longest text piece per utterance (about 25 s of natural speech)
 MIN_PIECE_CHARS = 20  # below this, splitting further will not help the budget
@@ -452,27 +453,44 @@ def _peak_memory_gb() -> float:
 def load_codec(path: Path):
     """The Mimi codec of a model folder: `codec_model.*` in a transformers checkpoint, else the
     Kyutai-layout file beside it or the public one (kyutai/moshiko-pytorch-bf16)."""
-    from engine.mimi import Mimi, MimiConfig, load_mimi
-    from engine.weights import codec_source
+    from engine.mimi import Mimi, mimi_from_weights, MimiConfig, load_mimi
+    from engine.checkpoints import codec_source
 
     source = codec_source(path)
     if source.weights is not None:
-        return Mimi.from_weights(source.weights, MimiConfig.from_dict(source.config))
+        return mimi_from_weights(source.weights, MimiConfig.from_dict(source.config))
     return load_mimi(source.file)
 
 
-def load_model(name_or_path: str | os.PathLike = "sesame/csm-1b", *, voices_dir=None) -> CSMModel:
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | None = None,
+               quantize: int | None = None, options: EngineOptions | None = None,
+               voices_dir=None) -> CSMModel:
     """Load a CSM model: a hub id (downloaded and cached), a local folder, or "tiny-random".
 
-    `voices_dir`: where user-registered voices live (default $CSM_HOME/voices).
+    `dtype`: "float32", "bfloat16" or "float16" for the float weights (None: the device's measured
+    default, engine/device.py). `quantize`: 8 or 4 (or 2, 3, 5, 6) bits to quantize the network at
+    load, as `csm convert --quantize` does on disk; a checkpoint that is already quantized loads as
+    it is and refuses another quantization. `options`: the engine settings (EngineOptions; default
+    from the environment); `dtype` overrides its dtype. `voices_dir`: where user-registered voices
+    live (default $CSM_HOME/voices).
     """
+    from engine.checkpoints import load_csm, load_tokenizer_path, resolve_model
+    from engine.device import default_dtype
+    from engine.quantize import quantize_csm, quantized_paths
     from engine.text import TextTokenizer
     from engine.voices import VoiceLibrary
-    from engine.weights import load_csm, load_tokenizer_path, resolve_model
 
+    options = (options or EngineOptions.from_env()).with_(dtype=dtype)
     path = resolve_model(name_or_path)
-    csm = load_csm(path)
+    csm = load_csm(path, dtype=default_dtype(options))
+    if quantize is not None:
+        if quantized_paths(csm):
+            raise InputError(f"{name_or_path} is already quantized; load it without quantize=, or "
+                             "quantize its float original")
+        quantize_csm(csm, quantize)
     tokenizer = TextTokenizer.from_file(load_tokenizer_path(path))
     codec = load_codec(path)
     voices = VoiceLibrary(path, user_dir=voices_dir) if voices_dir is not None else VoiceLibrary(path)
-    return CSMModel(csm, tokenizer, codec, voices, path=path, name=str(name_or_path))
+    model = CSMModel(csm, tokenizer, codec, voices, path=path, name=str(name_or_path))
+    model.options = options
+    return model

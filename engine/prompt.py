@@ -41,10 +41,9 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.segment import NUM_CODEBOOKS, Segment
+from engine.constants import ROW_WIDTH, SAMPLES_PER_FRAME
 
-ROW_WIDTH = NUM_CODEBOOKS + 1  # 33
 TEXT_COLUMN = NUM_CODEBOOKS  # 32
-SAMPLES_PER_FRAME = 1920  # Mimi at 24 kHz, 12.5 Hz
 
 Rows = tuple[np.ndarray, np.ndarray]  # tokens (T, 33) int32, mask (T, 33) bool
 

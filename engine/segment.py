@@ -16,11 +16,9 @@ import attrs
 import numpy as np
 
 from engine.errors import InputError
+from engine.constants import FRAME_RATE, NUM_CODEBOOKS, SAMPLE_RATE
 
-SAMPLE_RATE = 24_000
-NUM_CODEBOOKS = 32
 AUDIO_VOCAB_SIZE = 2051  # ids 0..2050 exist in CSM's audio vocabulary (2048..2050 are not decodable)
-FRAME_RATE = 12.5  # Mimi frames per second
 
 
 def _to_numpy(value, what: str) -> np.ndarray:

@@ -32,8 +32,8 @@ import numpy as np
 
 from engine.errors import VoiceError
 from engine.segment import Segment
+from engine.constants import SAMPLE_RATE, csm_home
 
-SAMPLE_RATE = 24_000
 PRESET_REPO = "sesame/csm-1b"
 SHORT_CLIP_SECONDS = 2.0
 LONG_CLIP_SECONDS = 30.0
@@ -64,8 +64,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 def default_user_dir() -> Path:
     """$CSM_HOME/voices ($CSM_HOME defaults to ~/.cache/csm-mlx)."""
-    home = os.environ.get("CSM_HOME") or "~/.cache/csm-mlx"
-    return Path(home).expanduser() / "voices"
+    return csm_home() / "voices"
 
 
 def clip_warnings(audio, sample_rate: int = SAMPLE_RATE, what: str = "The voice clip") -> list[str]:

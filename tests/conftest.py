@@ -17,7 +17,7 @@ os.environ["CSM_HOME"] = str(_CSM_HOME)
 # float32, so they turn it off (set before MLX is first imported).
 os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
-# Before any test module imports MLX: engine loads the optimised BLAS (engine/blas.py), which only
+# Before any test module imports MLX: engine loads the optimised BLAS (engine/cpu/blas.py), which only
 # takes effect when it comes first, so the tests run the same BLAS as users do.
 import engine  # noqa: E402, F401
 
@@ -32,7 +32,7 @@ def csm_home() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path(csm_home) -> Path:
     """The tiny random model in the transformers layout ($CSM_HOME/tiny-random, built once)."""
-    from engine.testing import tiny_random_path
+    from engine.checkpoints.tiny import tiny_random_path
 
     return tiny_random_path()
 

@@ -57,7 +57,7 @@ def test_default_dtype_by_device(monkeypatch):
     from engine.errors import InputError
 
     monkeypatch.delenv("CSM_DTYPE", raising=False)
-    from engine import cpu_kernels
+    from engine.cpu import kernels as cpu_kernels
 
     gpu = mx.default_device().type == mx.DeviceType.gpu
     expected = mx.bfloat16 if gpu or cpu_kernels.available() else mx.float32

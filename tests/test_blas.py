@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import blas
+from engine.cpu import blas
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenBLAS loading is Linux-only")
 
@@ -20,7 +20,7 @@ import json, sys
 {imports}
 import mlx.core as mx
 import numpy as np
-info = engine.blas.blas_info()
+info = engine.cpu.blas.blas_info()
 a = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
 b = np.random.default_rng(1).standard_normal((48, 32)).astype(np.float32)
 err = float(np.abs(np.array(mx.array(a) @ mx.array(b)) - a @ b).max())

@@ -1,4 +1,4 @@
-"""engine.cpu_kernels and engine.cpu_depth: the bfloat16 CPU path of the frame loop.
+"""engine.cpu.kernels and engine.cpu.depth: the bfloat16 CPU path of the frame loop.
 
 The kernels need an x86-64 or ARM64 CPU and a C compiler; elsewhere these tests check that the
 engine says why they are off and falls back (float32 on the CPU)."""
@@ -7,7 +7,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from engine import cpu_depth, cpu_kernels
+from engine.cpu import depth as cpu_depth
+from engine.cpu import kernels as cpu_kernels
+from engine.cpu.build import build_library
 from engine.bench.generation import random_csm, random_prompt, tiny_config
 from engine.device import default_dtype
 from engine.sampling import make_sampler
@@ -96,7 +98,7 @@ def test_float32_models_never_use_it():
 def test_portable_loop_computes_what_the_loaded_kernels_do():
     """The portable C variant (CPUs without AVX512-BF16, or CSM_CPU_KERNELS=portable) against the
     loaded one: the same bfloat16 products up to float summation order."""
-    portable = cpu_kernels._open(cpu_kernels._build(portable=True))
+    portable = cpu_kernels._open(build_library("kernels.c", ["-DCSM_PORTABLE"]))
     assert portable.csm_bf16_variant() == 0
     w = mx.random.normal((300, 200), key=mx.random.key(3)).astype(mx.bfloat16)
     x = np.array(mx.random.normal((200,), key=mx.random.key(4)))

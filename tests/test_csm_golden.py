@@ -3,7 +3,7 @@
 Golden files: tests/golden/make_csm_golden.py (a tiny random model, GQA, Llama-3 RoPE scaling,
 2 layers each in backbone and depth decoder, a prompt with text and audio rows). The same weights
 are loaded from the transformers layout and from the Sesame original layout, and written by
-engine.testing in the MLX community layout (plain and quantized).
+engine.checkpoints.tiny in the MLX community layout (plain and quantized).
 """
 
 import json
@@ -15,11 +15,12 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from engine import weights as weights_mod
+from engine import checkpoints as weights_mod
+from engine.checkpoints import load as load_mod
 from engine.csm import CSM
 from engine.sampling import make_sampler
-from engine.testing import save_csm
-from engine.weights import load_csm
+from engine.checkpoints.tiny import save_csm
+from engine.checkpoints import load_csm
 
 GOLDEN = Path(__file__).parent / "golden"
 TOL = 1e-4  # max abs error, float32
@@ -168,7 +169,7 @@ def test_golden_catches_missing_rope_scaling(tmp_path, golden):
 
 
 def test_golden_catches_rotate_half_weights_left_permuted(monkeypatch, golden):
-    monkeypatch.setattr(weights_mod, "_unpermute_qk", lambda w, cfg: w)
+    monkeypatch.setattr(load_mod, "unpermute_qk", lambda w, cfg: w)
     wrong = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     assert max_err(wrong.codebook0_head(prompt_hidden(wrong, golden))[0], golden["c0_logits"]) > 100 * TOL
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from engine.mimi import Mimi, load_mimi
+from engine.mimi import Mimi, mimi_from_weights, load_mimi
 from engine.mimi.config import MimiConfig
 from engine.mimi.layouts import transformers_to_kyutai
 from engine.mimi.testing import tiny_test_signal
@@ -108,5 +108,5 @@ def test_from_weights_with_codec_model_prefix(golden):
                load_weights_np(GOLDEN / "mimi_tiny" / "model.safetensors").items()}
     weights = {k: v.astype(mx.float16) for k, v in weights.items()}  # half precision, as stored
     config = json.loads((GOLDEN / "mimi_tiny" / "config.json").read_text())
-    mimi = Mimi.from_weights(weights, config)
+    mimi = mimi_from_weights(weights, config)
     np.testing.assert_array_equal(mimi.encode(tiny_test_signal(40 * 1920)), golden["codes_40"])

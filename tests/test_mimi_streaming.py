@@ -8,7 +8,7 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 import engine.mimi.codec as codec_module
-from engine.mimi import Mimi
+from engine.mimi import Mimi, mimi_from_weights
 from engine.mimi.config import MimiConfig
 from engine.mimi.conv import CausalConv1d, CausalConvTranspose1d
 from engine.mimi.seanet import SEANetDecoder, SEANetEncoder
@@ -144,7 +144,7 @@ def test_seanet_streams_equal_whole():
 @pytest.fixture(scope="module")
 def mimi():
     weights, config = write_tiny_mimi({})
-    return Mimi.from_weights(weights, config)
+    return mimi_from_weights(weights, config)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""engine.quantize and `csm convert`: quantized folders load, and the logits stay near float32."""
+"""engine.checkpoints.convert and `csm convert`: quantized folders load, and the logits stay near float32."""
 
 import json
 
@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from dialogue.cli import main as cli
 from engine.bench.generation import random_csm, random_prompt, tiny_config
 from engine.errors import InputError
-from engine.quantize import frame_logits_probe, logit_error, quantize_csm, quantized_paths
-from engine.testing import write_tiny_csm
-from engine.weights import load_csm
+from engine.bench.accuracy import frame_logits_probe, logit_error
+from engine.quantize import quantize_csm, quantized_paths
+from engine.checkpoints.tiny import write_tiny_csm
+from engine.checkpoints import load_csm
 
 
 def _probe(model, seed=0):
@@ -139,6 +140,6 @@ def test_half_precision_prompt_blocks_run_in_float32_on_the_cpu(dtype, monkeypat
         widened.clear()
         monkeypatch.setattr(llama, "FLOAT32_PRODUCT_MIN_ROWS", 1 << 30)
         slow = prefill()
-        assert mx.float32 not in widened  # MLX's kernel (or, for bfloat16, engine.cpu_kernels)
+        assert mx.float32 not in widened  # MLX's kernel (or, for bfloat16, engine.cpu.kernels)
     f, s = np.array(fast.astype(mx.float32)), np.array(slow.astype(mx.float32))
     assert np.abs(f - s).max() <= 0.05 * np.abs(s).max()

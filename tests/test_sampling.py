@@ -86,7 +86,7 @@ def test_bad_settings_are_input_errors(kwargs):
 
 
 def test_generated_frames_are_decodable(tiny_model_path):
-    from engine.weights import load_csm
+    from engine.checkpoints import load_csm
 
     model = load_csm(tiny_model_path)
     h = mx.array(np.random.default_rng(5).standard_normal((4, model.config.backbone.dim)).astype(np.float32))

@@ -8,7 +8,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from engine.errors import InputError, WeightsError
-from engine.text import BOS_TOKEN, EOS_TOKEN, TextTokenizer, build_tiny_tokenizer
+from engine.text import TextTokenizer, build_tiny_tokenizer
+from engine.text.tokenizer import BOS_TOKEN, EOS_TOKEN
 
 
 @pytest.fixture(scope="module")

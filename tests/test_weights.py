@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from engine.device import default_dtype
-from engine import testing
+from engine.checkpoints import tiny as testing
 from engine.errors import WeightsError
-from engine.weights import (
+from engine.checkpoints import (
     CodecSource,
     codec_source,
     detect_layout,
@@ -199,7 +199,7 @@ def test_unknown_config_and_flavor(tmp_path):
 
 
 def test_known_flavors_are_the_real_sizes():
-    from engine.weights import _sesame_config
+    from engine.checkpoints.layouts import _sesame_config
 
     cfg = _sesame_config({"backbone_flavor": "llama-1B", "decoder_flavor": "llama-100M"})
     b, d = cfg.backbone, cfg.decoder
@@ -280,7 +280,7 @@ def test_published_transformers_config_is_the_sesame_model():
     """sesame/csm-1b's transformers config (as published: rope_theta + rope_scaling) maps onto the same
     hyperparameters, RoPE frequencies included, as Sesame's llama-1B / llama-100M flavours."""
     from engine.llama import llama3_inv_freqs
-    from engine.weights import _sesame_config, _transformers_config
+    from engine.checkpoints.layouts import _sesame_config, _transformers_config
 
     published = {
         "model_type": "csm", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import click
+from engine.constants import DEFAULT_MODEL
 
-DEFAULT_MODEL = "sesame/csm-1b"
 EXISTING_DB = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 

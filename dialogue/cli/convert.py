@@ -22,7 +22,7 @@ import click
 def convert(model: str, bits: str, group_size: str, output: Path) -> None:
     """Quantize a model's weights and write a model folder that every command can load (--model OUT)."""
     from engine.errors import CSMError
-    from engine.quantize import write_quantized_model
+    from engine.checkpoints.convert import write_quantized_model
 
     try:
         out = write_quantized_model(model, output, int(bits), int(group_size), progress=click.echo)

@@ -7,8 +7,8 @@ import warnings
 from pathlib import Path
 
 import click
+from engine.constants import DEFAULT_MODEL
 
-DEFAULT_MODEL = "sesame/csm-1b"
 NO_VOICE = "none"
 
 
@@ -193,7 +193,7 @@ def _library(model: str | None):
 
     if model is None:
         return VoiceLibrary(None)
-    from engine.weights import resolve_model
+    from engine.checkpoints import resolve_model
 
     return VoiceLibrary(resolve_model(model))
 

@@ -9,8 +9,8 @@ import ipaddress
 from pathlib import Path
 
 import click
+from engine.constants import DEFAULT_MODEL
 
-DEFAULT_MODEL = "sesame/csm-1b"
 
 
 def _is_loopback(host: str) -> bool:

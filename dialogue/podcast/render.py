@@ -28,10 +28,10 @@ from engine.errors import ContextTooLongError, CSMError
 
 from .mix import Chapter, chapters_path_for, mix, write_chapters
 from .script import Line, Script, ScriptError, Speaker
+from engine.constants import SAMPLE_RATE
 
 __all__ = ["RenderResult", "line_seed", "render"]
 
-SAMPLE_RATE = 24_000
 META_KEY = "podcast"
 
 

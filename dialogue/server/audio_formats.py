@@ -23,8 +23,8 @@ from typing import Iterable
 
 import numpy as np
 import soundfile as sf
+from engine.constants import SAMPLE_RATE
 
-SAMPLE_RATE = 24_000
 
 MEDIA_TYPES = {
     "wav": "audio/wav",

@@ -138,7 +138,7 @@ def _median_run(runs: list[list[dict]]) -> list[dict]:
 
 def run(args) -> dict:
     from engine.bench.generation import device_name
-    from engine.blas import blas_info
+    from engine.cpu.blas import blas_info
 
     model, load_s, dtype = build_model(args.size, args.dtype, not args.no_mimi, args.seed)
     voices = voice_prompts(args.voice_seconds, args.seed)

@@ -38,7 +38,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from engine.blas import ENV_SWITCH, blas_info
+from engine.cpu.blas import ENV_SWITCH, blas_info
 from engine.csm import CSM, CSMConfig, csm_1b_config
 from engine.device import DTYPES, default_dtype
 from engine.llama import LlamaArgs
@@ -118,7 +118,7 @@ def build_model(args) -> tuple[CSM, float, dict | None]:
     start = time.perf_counter()
     dtype = DTYPES[args.dtype]
     if args.model:
-        from engine.weights import load_csm, resolve_model
+        from engine.checkpoints import load_csm, resolve_model
 
         model = load_csm(resolve_model(args.model))
         if not _is_quantized(model):
@@ -128,7 +128,8 @@ def build_model(args) -> tuple[CSM, float, dict | None]:
         model = random_csm(config, dtype, seed=args.seed)
     error = None
     if args.quantize and not _is_quantized(model):
-        from engine.quantize import frame_logits_probe, logit_error, quantize_csm
+        from engine.bench.accuracy import frame_logits_probe, logit_error
+        from engine.quantize import quantize_csm
 
         probe = random_prompt(16, model.config, args.seed + 1)
         codes = np.random.default_rng(args.seed).integers(0, 2048, model.config.audio_num_codebooks)
@@ -315,17 +316,17 @@ def measure_mimi(mimi, codes: np.ndarray, first_chunk: int) -> dict:
 def build_mimi(size: str):
     """A random full-size (or tiny) Mimi from engine.mimi, or None when the codec is not available."""
     try:
-        from engine.mimi import Mimi, MimiConfig
+        from engine.mimi import Mimi, mimi_from_weights, MimiConfig
         from engine.mimi.testing import tiny_mimi_config, tiny_mimi_weights
     except ImportError:
         return None
     config = MimiConfig().to_dict() if size == "full" else tiny_mimi_config()
-    return Mimi.from_weights(tiny_mimi_weights(config, seed=0), config)
+    return mimi_from_weights(tiny_mimi_weights(config, seed=0), config)
 
 
 def cpu_kernels_line() -> str:
-    """engine.cpu_kernels as the benchmark reports it: the variant in use, or why none."""
-    from engine import cpu_kernels
+    """engine.cpu.kernels as the benchmark reports it: the variant in use, or why none."""
+    from engine.cpu import kernels as cpu_kernels
 
     if mx.default_device() != mx.cpu:
         return "not used (GPU)"
@@ -413,7 +414,7 @@ def comparison_variants(which: str) -> dict:
     the weight-left matmuls), 'threads' (1 and 2 OpenBLAS threads) or 'prefill' (a quantized or
     half-precision model's multi-row products in MLX's own kernels, or widened to float32 on the CPU)."""
     import engine.llama as llama
-    from engine.blas import default_threads, set_threads
+    from engine.cpu.blas import default_threads, set_threads
 
     if which == "prefill":
         def rows_from(n: int):

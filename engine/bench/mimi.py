@@ -28,14 +28,14 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from engine.blas import ENV_SWITCH, blas_info
-from engine.mimi import Mimi, MimiConfig
+from engine.cpu.blas import ENV_SWITCH, blas_info
+from engine.mimi import Mimi, mimi_from_weights, MimiConfig
 from engine.mimi.testing import tiny_mimi_config, tiny_mimi_weights, tiny_test_signal
 
 
 def build(size: str) -> Mimi:
     config = MimiConfig().to_dict() if size == "full" else tiny_mimi_config()
-    return Mimi.from_weights(tiny_mimi_weights(config, seed=0), config)
+    return mimi_from_weights(tiny_mimi_weights(config, seed=0), config)
 
 
 def timed(fn, repeat: int) -> float:

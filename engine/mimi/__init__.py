@@ -11,7 +11,7 @@ Exports are resolved lazily so that `engine.mimi.config` / `engine.mimi.testing`
 
 from __future__ import annotations
 
-__all__ = ["load_mimi", "Mimi", "MimiConfig", "MimiStreamingDecoder"]
+__all__ = ["load_mimi", "mimi_from_weights", "Mimi", "MimiConfig", "MimiStreamingDecoder"]
 
 
 def __getattr__(name):
@@ -23,8 +23,8 @@ def __getattr__(name):
         from . import codec
 
         return getattr(codec, name)
-    if name == "load_mimi":
-        from .weights import load_mimi
+    if name in ("load_mimi", "mimi_from_weights"):
+        from . import weights
 
-        return load_mimi
+        return getattr(weights, name)
     raise AttributeError(f"module 'engine.mimi' has no attribute {name!r}")

@@ -44,13 +44,6 @@ class Mimi(nn.Module):
             self.upsample = make_upsample(cfg)
 
     # --- construction ------------------------------------------------------------------------------
-    @classmethod
-    def from_weights(cls, weights: dict, config: MimiConfig | dict | None = None) -> "Mimi":
-        """From tensors in the Kyutai or transformers layout (`codec_model.` prefix allowed)."""
-        from .weights import mimi_from_weights
-
-        return mimi_from_weights(weights, config)
-
     def set_weights(self, params: dict[str, mx.array]) -> "Mimi":
         """Install parameters (our names and layouts) and recompute what derives from them."""
         self.update(tree_unflatten(list(params.items())))

@@ -5,7 +5,7 @@
     load_mimi("path/to/folder")                    # config.json (optional for Kyutai) + *.safetensors
     load_mimi("path/to/tokenizer.safetensors")     # config: `<name>.json` beside it, a Mimi config.json
                                                    # beside it, else moshi's defaults fitted to the shapes
-    Mimi.from_weights(weights, config)             # e.g. the codec_model.* tensors of a transformers CSM
+    mimi_from_weights(weights, config)             # e.g. the codec_model.* tensors of a transformers CSM
 
 A folder or hub repo of a transformers CSM checkpoint works too: its `codec_model.*` tensors and
 `codec_config` are used. Missing, unexpected or misshapen tensors raise WeightsError naming them.
@@ -22,8 +22,9 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from ..errors import WeightsError
-from ..weights import safetensors_keys, short_listing
+from engine.errors import WeightsError, short_listing
+from engine.files import safetensors_keys
+
 from .codec import Mimi
 from .config import MimiConfig
 from .conv import CausalConv1d, CausalConvTranspose1d

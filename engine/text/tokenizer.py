@@ -8,8 +8,8 @@ file's post-processor, then put the BOS / EOS ids (found by their token names) a
 As in the reference, special-token strings typed inside the text (e.g. "<|end_of_text|>") are
 matched as special tokens by the `tokenizers` library.
 
-`normalize_text` (spoken forms) and `split_text` (long text into pieces) live in
-engine/normalize.py and engine/split.py and are re-exported here.
+`normalize_text` (spoken forms) and `split_text` (long text into pieces) live beside this file, in
+normalize.py and split.py.
 """
 
 from __future__ import annotations
@@ -49,22 +49,6 @@ LLAMA3_NAMED_SPECIALS = [
     "<|python_tag|>",
 ]
 _FIRST_FREE_RESERVED = 3  # reserved_special_token_0..2 are already named above
-
-_REEXPORTS = {
-    "normalize_text": "engine.normalize",
-    "split_text": "engine.split",
-    "split_sentences": "engine.split",
-}
-
-
-def __getattr__(name: str):
-    """Re-export the text helpers that live in their own files (imported on first use)."""
-    if name in _REEXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_REEXPORTS[name]), name)
-    raise AttributeError(f"module 'engine.text' has no attribute {name!r}")
-
 
 class TextTokenizer:
     """Llama-3 tokenizer for CSM prompts: `encode_segment(speaker, text)` -> BOS ids EOS."""

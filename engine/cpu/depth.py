@@ -1,7 +1,7 @@
-"""The depth decoder's 31 steps of a frame on the CPU, for a bfloat16 model, over engine.cpu_kernels.
+"""The depth decoder's 31 steps of a frame on the CPU, for a bfloat16 model, over engine.cpu.kernels.
 
 A frame's depth decoder reads its weights 31 times (7 GB in bfloat16): on a CPU that is most of a
-frame's time, and MLX's CPU backend reads bfloat16 weights slowly (see engine/cpu_kernels.py). Here
+frame's time, and MLX's CPU backend reads bfloat16 weights slowly (see engine/cpu/kernels.py). Here
 the same network runs one row at a time in NumPy, its products in the bfloat16 kernels, its own
 small KV cache (at most 33 positions) in float32 arrays. The codes are still drawn by the model's
 sampler, an MLX function of the logits that advances mx.random's state exactly as the MLX path
@@ -16,8 +16,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from . import cpu_kernels
-from .quantize import quantized_paths
+from engine.quantize import quantized_paths
+
+from . import kernels as cpu_kernels
 
 
 def usable(model) -> bool:

@@ -28,6 +28,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .build import library_dir
+
 ENV_SWITCH = "CSM_OPENBLAS"
 ENV_THREADS = "CSM_OPENBLAS_THREADS"
 DEBIAN_PATHS = (
@@ -349,16 +351,11 @@ def _mlx_bundled_libs() -> Path | None:
     return None
 
 
-def cache_dir() -> Path:
-    home = os.environ.get("CSM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "csm-mlx")
-    return Path(home) / "lib"
-
-
 def _renamed_copy(source: Path, soname: bytes) -> Path:
     """A copy of the shared library `source` whose SONAME is `soname` (so the dynamic linker takes it
     for a dependency of that name once loaded). Written once; reused while the source is unchanged."""
     stat = source.stat()
-    out = cache_dir() / f"{soname.decode()}.{stat.st_size}-{int(stat.st_mtime)}" / soname.decode()
+    out = library_dir() / f"{soname.decode()}.{stat.st_size}-{int(stat.st_mtime)}" / soname.decode()
     if out.exists():
         return out
     data = bytearray(source.read_bytes())

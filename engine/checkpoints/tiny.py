@@ -6,7 +6,7 @@
 A tiny model folder holds everything the product needs, so every feature runs offline on it (its
 audio is noise: the weights are random):
 
-  config.json, model.safetensors   the network, in the chosen layout (see engine/weights.py)
+  config.json, model.safetensors   the network, in the chosen layout (see layouts.py)
   generation_config.json           (transformers layout, as save_pretrained writes it)
   tokenizer.json                   a tiny Llama-3-format tokenizer (engine.text.build_tiny_tokenizer)
   codec                            transformers layout: `codec_model.*` tensors + `codec_config` in
@@ -36,8 +36,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .csm import CSM, CSMConfig
-from .llama import LlamaArgs
+from engine.constants import csm_home
+from engine.csm import CSM, CSMConfig
+from engine.llama import LlamaArgs
 
 TINY_VERSION = "1"  # bump when the tiny model's content changes: cached copies are rebuilt
 TINY_TEXT_VOCAB = 512
@@ -83,7 +84,7 @@ def random_csm_weights(config: CSMConfig, seed: int = 0) -> dict[str, np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
-# Our names -> a layout's names (the inverse of engine/weights.py)
+# Our names -> a layout's names (the inverse of layouts.py)
 
 
 def _to_rotate_half(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -96,7 +97,7 @@ def _to_rotate_half(w: np.ndarray, n_heads: int) -> np.ndarray:
 def weights_in_layout(weights: dict, config: CSMConfig, layout: str, prefix: str = "model.") -> dict:
     """Our-named tensors (NumPy or MLX) renamed (and q/k permuted) for `layout`.
     `prefix` is used by the mlx layout only ("model." as mlx-audio writes, or "")."""
-    from .weights import source_name
+    from .layouts import source_name
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -218,7 +219,7 @@ def write_prompts(folder, seconds_scale: float = 1.0) -> Path:
     """prompts/<voice>.wav (24 kHz mono PCM16) and prompts/<voice>.txt (the transcript)."""
     import soundfile as sf
 
-    from .mimi.testing import tiny_test_signal
+    from engine.mimi.testing import tiny_test_signal
 
     prompts = Path(folder) / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
@@ -235,14 +236,14 @@ def write_tiny_csm(folder, layout: str = "transformers", seed: int = 0, with_cod
                    with_tokenizer: bool = True, with_prompts: bool = True, quantize: dict | None = None,
                    prefix: str = "model.", config: CSMConfig | None = None) -> Path:
     """Write a complete tiny random model into `folder` (created) and return it."""
-    from .text import build_tiny_tokenizer
+    from engine.text import build_tiny_tokenizer
 
     folder = Path(folder)
     config = config or tiny_csm_config()
     weights = random_csm_weights(config, seed)
     codec = None
     if with_codec:
-        from .mimi.testing import write_tiny_mimi
+        from engine.mimi.testing import write_tiny_mimi
 
         if layout == "transformers":
             codec = write_tiny_mimi({}, layout="transformers", seed=seed)
@@ -255,10 +256,6 @@ def write_tiny_csm(folder, layout: str = "transformers", seed: int = 0, with_cod
         write_prompts(folder)
     return folder
 
-
-def csm_home() -> Path:
-    """$CSM_HOME, default ~/.cache/csm-mlx: where built models and user voices live."""
-    return Path(os.environ.get("CSM_HOME") or "~/.cache/csm-mlx").expanduser()
 
 
 def tiny_random_path() -> Path:
@@ -292,5 +289,5 @@ def tiny_random_path() -> Path:
 
 __all__ = [
     "tiny_csm_config", "random_csm_weights", "weights_in_layout", "transformers_config", "flavors_config",
-    "save_csm", "write_prompts", "write_tiny_csm", "csm_home", "tiny_random_path",
+    "save_csm", "write_prompts", "write_tiny_csm", "tiny_random_path",
 ]

@@ -1,0 +1,111 @@
+"""Reading model files: safetensors headers and weights, config.json, and the hub (downloads with
+progress, errors turned into one clear WeightsError)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlx.core as mx
+
+from engine.constants import CODEC_FALLBACK_FILE
+from engine.errors import WeightsError
+
+GATED_REPOS = {"sesame/csm-1b"}
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name)) and not name.endswith(".")
+
+
+def hub_error(repo_id: str, what: str, err: Exception) -> WeightsError:
+    from huggingface_hub import errors as hf_errors
+
+    if isinstance(err, hf_errors.GatedRepoError) or repo_id in GATED_REPOS and "401" in str(err):
+        hint = (f"{repo_id} is gated: accept its terms on https://huggingface.co/{repo_id} and log in "
+                "with `huggingface-cli login` (or set HF_TOKEN)")
+    elif isinstance(err, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)):
+        hint = ("it is not in the local cache and downloading is off or impossible (HF_HUB_OFFLINE=1 or "
+                "no network); connect once to download it, or pass a local folder, or use 'tiny-random'")
+    elif isinstance(err, hf_errors.RepositoryNotFoundError):
+        hint = ("no such repository (or it is private/gated: log in with `huggingface-cli login`); "
+                "check the name, or pass a local folder")
+    elif isinstance(err, hf_errors.EntryNotFoundError):
+        hint = "the repository has no such file"
+    else:
+        hint = f"{type(err).__name__}: {err}"
+    if repo_id in GATED_REPOS and "gated" not in hint:
+        hint += f" (note: {repo_id} is gated and needs `huggingface-cli login`)"
+    return WeightsError(f"could not get {what} from the hub repo {repo_id}: {hint}")
+
+
+def hub_snapshot(repo_id: str, patterns: list[str]) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns)  # shows tqdm progress bars
+    except Exception as err:  # huggingface_hub raises many types; all become one clear message
+        raise hub_error(repo_id, "the model files", err) from err
+
+
+def hub_file(repo_id: str, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except Exception as err:
+        raise hub_error(repo_id, filename, err) from err
+
+
+
+def safetensors_keys(file: str | Path) -> list[str]:
+    """Tensor names of a safetensors file, from its header alone (nothing else is read)."""
+    try:
+        with open(file, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 1 << 30:
+                raise ValueError("bad header size")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"{file} is not a readable safetensors file: {err}") from err
+    return [k for k in header if k != "__metadata__"]
+
+
+
+def read_config(path: Path) -> dict:
+    f = path / "config.json"
+    if not f.is_file():
+        raise WeightsError(f"{path} has no config.json; is it a CSM model folder?")
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"{f} is not readable JSON: {err}") from err
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of the network (sharded or not), codec-only files left out."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [path / s for s in shards]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise WeightsError(f"{path}: shards listed in {index.name} are missing: {', '.join(missing)}")
+        return files
+    files = sorted(f for f in path.glob("*.safetensors") if f.name != CODEC_FALLBACK_FILE)
+    if not files:
+        pts = [f.name for f in path.glob("*.pt")]
+        extra = f" (found {', '.join(pts)}: convert it to safetensors)" if pts else ""
+        raise WeightsError(f"{path} has no .safetensors weights{extra}")
+    return files
+
+
+def read_weights(path: Path) -> dict[str, mx.array]:
+    weights = {}
+    for f in weight_files(path):
+        try:
+            weights.update(mx.load(str(f)))
+        except Exception as err:  # a truncated or foreign file
+            raise WeightsError(f"{f} could not be read as safetensors: {err}") from err
+    return weights
