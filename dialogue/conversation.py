@@ -209,7 +209,7 @@ class Conversation:
         """The context the next turn (`speaker` saying `text`) would get; changes nothing."""
         speaker = _check_speaker(speaker)
         self._sync()
-        return self._plan(speaker, _spoken_text(text), max_audio_length_ms)
+        return self._plan(speaker, self.model.spoken_text(text), max_audio_length_ms)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -338,7 +338,9 @@ class Conversation:
         if not isinstance(text, str) or not text.strip():
             raise InputError("The text to speak is empty; give at least one word.")
         model = self.model
-        spoken = _spoken_text(text)
+        # The model's own rule for what is spoken; it is what the turn stores, so later prompts hold
+        # exactly the rows the KV cache computed for it.
+        spoken = model.spoken_text(text)
         length_ms = DEFAULT_MAX_AUDIO_LENGTH_MS if max_audio_length_ms is None else max_audio_length_ms
         self._sync()
         plan = self._plan(speaker, spoken, length_ms)
@@ -350,16 +352,13 @@ class Conversation:
         }
         if spoken != text:
             params["text_as_given"] = text
-        # One turn is one utterance: the model must not split the text (its pieces would not hear
-        # each other); the text is normalised here so the stored text is the one spoken.
-        options = dict(text=spoken, speaker=speaker, context=plan.segments, voice=None,
-                       temperature=temperature, top_k=top_k, seed=seed,
-                       max_audio_length_ms=length_ms, stream=stream, reuse_cache=self.reuse_cache,
-                       normalize=False, max_piece_chars=max(len(spoken) + 1, 400))
-        if stream:
-            options["streaming_interval"] = streaming_interval
+        # One turn is one utterance, planned once (never split: its pieces would not hear each other).
+        context = [model.with_codes(segment) for segment in plan.segments]
+        turn = model.plan_turn(spoken, speaker, context, max_audio_length_ms=length_ms, normalize=False)
         started = time.perf_counter()
-        results = model.generate(**options)  # bad input raises here, before any frame
+        results = model.generate_turn(turn, temperature=temperature, top_k=top_k, seed=seed,
+                                      stream=stream, streaming_interval=streaming_interval,
+                                      reuse_cache=self.reuse_cache)  # bad input raises here
         return self._run_turn(results, started, speaker, plan, params, meta,
                               [] if stored is None else stored)
 
@@ -513,19 +512,6 @@ def _load_audio(source) -> np.ndarray:
             f"{samples.dtype} {samples.shape}; use engine.audio.load_audio() to convert"
         )
     return samples.astype(np.float32, copy=False)
-
-
-def _spoken_text(text: str) -> str:
-    """The text as it will be spoken (numbers etc. in words, spaces collapsed, ending as a sentence
-    so CSM does not clip the last word, as generate() does); it is what the turn stores, so later
-    prompts hold exactly the rows the KV cache computed for it."""
-    from engine.model import end_sentence
-    from engine.text import normalize_text
-
-    spoken = " ".join(normalize_text(text).split())
-    if not spoken:
-        raise InputError("The text to speak is empty; give at least one word.")
-    return end_sentence(spoken)
 
 
 def _result_codes(result, previous) -> np.ndarray:

@@ -41,13 +41,13 @@ import numpy as np
 
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
 from engine.generator import (
-    FRAME_RATE,
     Generator,
+    audio_length_frame_cap,
     chunk_frames_for,
     frame_cap,
 )
 from engine.segment import Segment
-from engine.constants import DEFAULT_MODEL, SAMPLE_RATE
+from engine.constants import DEFAULT_MODEL, FRAME_RATE, SAMPLE_RATE
 from engine.options import EngineOptions
 
 DEFAULT_VOICE = "conversational_a"
@@ -288,15 +288,11 @@ class CSMModel:
 
         sampler = make_sampler(temperature, top_k)
         chunk_frames = chunk_frames_for(streaming_interval) if stream else 0
-        frame_cap("x", max_audio_length_ms)  # validates max_audio_length_ms
+        audio_length_frame_cap(max_audio_length_ms)  # validates max_audio_length_ms
         if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or speaker < 0:
             raise InputError(f"speaker must be a non-negative int (0, 1, ...), got {speaker!r}")
         speaker = int(speaker)
-        if seed is None:
-            seed = secrets.randbelow(2**31)
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise InputError(f"seed must be a non-negative int or None, got {seed!r}")
-        seed = int(seed)
+        seed = _check_seed(seed)
 
         if isinstance(text, str):
             texts = [text]
@@ -321,6 +317,24 @@ class CSMModel:
                               chunk_frames=chunk_frames, reuse_cache=reuse_cache,
                               watermark=watermark, on_frame=on_frame, started=started)
 
+    def generate_turn(self, plan: "TurnPlan", *, temperature: float = 0.9, top_k: int = 50,
+                      seed: int | None = None, stream: bool = False, streaming_interval: float = 0.5,
+                      reuse_cache: bool = True, watermark: bool = True,
+                      on_frame: Callable[[int, int], None] | None = None) -> Iterator[GenerationResult]:
+        """Generate one utterance from a plan the caller already made (`plan_turn`): the lower-level
+        entry point under generate(), for callers that build their own context (Conversation).
+        Yields GenerationResult as generate() does; bad options raise here, before any frame."""
+        started = time.perf_counter()
+        if not isinstance(plan, TurnPlan):
+            raise InputError(f"generate_turn takes a TurnPlan from plan_turn(), got {type(plan).__name__}")
+        from engine.sampling import make_sampler
+
+        sampler = make_sampler(temperature, top_k)
+        chunk_frames = chunk_frames_for(streaming_interval) if stream else 0
+        return self._generate([plan], sampler=sampler, seed=_check_seed(seed), stream=stream,
+                              chunk_frames=chunk_frames, reuse_cache=reuse_cache,
+                              watermark=watermark, on_frame=on_frame, started=started)
+
     def _build_prompt(self, piece: str, speaker: int, context, reference, voice_match: bool):
         from engine.prompt import build_prompt, build_voice_match_prompt
 
@@ -329,8 +343,25 @@ class CSMModel:
         head = [reference] if reference is not None else []
         return build_prompt([*head, *context], speaker, piece, self.tokenizer)
 
+    def plan_turn(self, text: str, speaker: int = 0, context: Sequence[Segment] = (), *,
+                  reference: Segment | None = None, voice_match: bool = True,
+                  max_audio_length_ms: float = 90_000, normalize: bool = True) -> "TurnPlan":
+        """One utterance, planned once: the text as spoken, its prompt rows and its frame cap.
+
+        `text` is spoken as one utterance (never split: see generate() for long text); with
+        normalize=False it is taken as already spoken (as `spoken_text` returns it). `context`
+        segments need codes (see `with_codes`); `reference` is a voice prompt (see `voice_prompt`).
+        Raises ContextTooLongError when the prompt and the frame cap do not fit the positions.
+        Generate it with `generate_turn`."""
+        spoken = self.spoken_text(text, normalize)
+        tokens, mask = self._build_prompt(spoken, speaker, context, reference, voice_match)
+        frames, reason = frame_cap(spoken, max_audio_length_ms)
+        if len(tokens) + frames > self.max_positions:
+            raise ContextTooLongError(self._too_long_message(len(tokens), frames, spoken, context, reference))
+        return TurnPlan(spoken, int(speaker), tokens, mask, frames, reason)
+
     def _plan_pieces(self, line: str, speaker, context, reference, voice_match, max_audio_length_ms,
-                     max_piece_chars, finish_sentences: bool = True) -> list["_Piece"]:
+                     max_piece_chars, finish_sentences: bool = True) -> list["TurnPlan"]:
         """Split one line into pieces whose prompt + frame cap fit the backbone's positions (each
         piece ending as a sentence when `finish_sentences`)."""
         from engine.text import split_text
@@ -343,17 +374,16 @@ class CSMModel:
         todo = split(line, max_piece_chars)
         while todo:
             piece, limit = todo.pop(0)
-            tokens, mask = self._build_prompt(piece, speaker, context, reference, voice_match)
-            frames, reason = frame_cap(piece, max_audio_length_ms)
-            if len(tokens) + frames <= self.max_positions:
-                pieces.append(_Piece(piece, speaker, tokens, mask, frames, reason))
+            try:
+                pieces.append(self.plan_turn(piece, speaker, context, reference=reference,
+                                             voice_match=voice_match,
+                                             max_audio_length_ms=max_audio_length_ms, normalize=False))
                 continue
-            smaller = min(limit, len(piece)) // 2
-            if smaller >= MIN_PIECE_CHARS and len(piece) > smaller:
-                todo[:0] = split(piece, smaller)
-                continue
-            raise ContextTooLongError(self._too_long_message(len(tokens), frames, piece, context,
-                                                             reference))
+            except ContextTooLongError:
+                smaller = min(limit, len(piece)) // 2
+                if not (smaller >= MIN_PIECE_CHARS and len(piece) > smaller):
+                    raise
+            todo[:0] = split(piece, smaller)
         return pieces
 
     def _too_long_message(self, prompt: int, frames: int, piece: str, context, reference) -> str:
@@ -415,13 +445,24 @@ class CSMModel:
 
 
 @attrs.frozen(eq=False)
-class _Piece:
-    text: str
+class TurnPlan:
+    """One utterance ready to generate (`CSMModel.plan_turn`): what is spoken and its prompt."""
+
+    text: str  # as spoken: normalised, ending as a sentence
     speaker: int
-    tokens: np.ndarray  # (T, 33)
+    tokens: np.ndarray  # (T, 33) prompt rows: context, voice prompt, the new line's text
     mask: np.ndarray  # (T, 33)
-    max_frames: int
-    cap_reason: str
+    max_frames: int  # frame cap: the text-length estimate or max_audio_length_ms, the stricter
+    cap_reason: str  # which of the two it is (the stop reason if the cap ends the utterance)
+
+
+def _check_seed(seed) -> int:
+    """A seed for a call: None draws one (reported with every result)."""
+    if seed is None:
+        return secrets.randbelow(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative int or None, got {seed!r}")
+    return int(seed)
 
 
 def _as_audio(audio) -> np.ndarray:

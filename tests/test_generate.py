@@ -371,3 +371,27 @@ def test_watermark_follows_the_reference_when_silentcipher_is_there(monkeypatch)
     assert abs(calls["n"] - 44_100) <= 2  # one second at 44.1 kHz
     assert marked.shape == audio.shape and marked.dtype == np.float32
     assert np.abs(marked[1000:-1000] - 0.5 * audio[1000:-1000]).max() < 1e-2
+
+
+def test_a_planned_turn_generates_what_generate_does(tiny_model):
+    """plan_turn + generate_turn is the lower-level path under generate(): the same prompt rows, the
+    same frame cap and, for a seed, the same codes."""
+    voice = tiny_model.voice_prompt("conversational_a")
+    plan = tiny_model.plan_turn("It costs $5.", 1, [], reference=voice, max_audio_length_ms=800)
+    assert plan.text == tiny_model.spoken_text("It costs $5.") == "It costs five dollars."
+    assert plan.speaker == 1 and plan.max_frames == 10 and plan.cap_reason == "max_audio_length"
+    (planned,) = list(tiny_model.generate_turn(plan, seed=7))
+    (direct,) = run(tiny_model, text="It costs $5.", speaker=1, seed=7, max_audio_length_ms=800)
+    assert planned.text == direct.text
+    assert np.array_equal(planned.frames, direct.frames)
+
+
+def test_a_planned_turn_is_never_split(tiny_model):
+    """plan_turn speaks its text as one utterance: too long for the positions is an error that says
+    what to do, where generate() would split the text into pieces."""
+    long_text = "This sentence goes on. " * 120
+    with pytest.raises(ContextTooLongError, match="shorten the text"):
+        tiny_model.plan_turn(long_text, 0, [])
+    assert len(run(tiny_model, text=long_text, max_audio_length_ms=160, seed=1)) > 1
+    with pytest.raises(InputError, match="TurnPlan"):
+        tiny_model.generate_turn("Hello.")
