@@ -40,13 +40,13 @@ def hub_error(repo_id: str, what: str, err: Exception) -> WeightsError:
     return WeightsError(f"could not get {what} from the hub repo {repo_id}: {hint}")
 
 
-def hub_snapshot(repo_id: str, patterns: list[str]) -> str:
+def hub_snapshot(repo_id: str, patterns: list[str], what: str = "the model files") -> str:
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)  # shows tqdm progress bars
     except Exception as err:  # huggingface_hub raises many types; all become one clear message
-        raise hub_error(repo_id, "the model files", err) from err
+        raise hub_error(repo_id, what, err) from err
 
 
 def hub_file(repo_id: str, filename: str) -> Path:
@@ -72,26 +72,40 @@ def safetensors_keys(file: str | Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
+def read_json(file: Path) -> dict:
+    """A JSON file's object; WeightsError when it cannot be read."""
+    try:
+        return json.loads(Path(file).read_text())
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"{file} is not readable JSON: {err}") from err
+
 
 def read_config(path: Path) -> dict:
     f = path / "config.json"
     if not f.is_file():
         raise WeightsError(f"{path} has no config.json; is it a CSM model folder?")
-    try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError) as err:
-        raise WeightsError(f"{f} is not readable JSON: {err}") from err
+    return read_json(f)
+
+
+def indexed_shards(path: Path) -> list[Path] | None:
+    """The shards that model.safetensors.index.json lists (all present), or None without an index."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise WeightsError(f"{index} has no weight_map")
+    files = [path / s for s in sorted(set(weight_map.values()))]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise WeightsError(f"{path}: shards listed in {index.name} are missing: {', '.join(missing)}")
+    return files
 
 
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of the network (sharded or not), codec-only files left out."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [path / s for s in shards]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise WeightsError(f"{path}: shards listed in {index.name} are missing: {', '.join(missing)}")
+    files = indexed_shards(path)
+    if files is not None:
         return files
     files = sorted(f for f in path.glob("*.safetensors") if f.name != CODEC_FALLBACK_FILE)
     if not files:

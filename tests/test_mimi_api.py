@@ -137,7 +137,7 @@ def test_unreadable_sources_are_weights_errors(tmp_path, monkeypatch):
         load_mimi(tmp_path / "bad.safetensors")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(WeightsError, match="could not download kyutai/mimi"):
+    with pytest.raises(WeightsError, match="could not get the Mimi codec from the hub repo kyutai/mimi"):
         load_mimi("kyutai/mimi")
 
 

@@ -13,7 +13,6 @@ A folder or hub repo of a transformers CSM checkpoint works too: its `codec_mode
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -23,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from engine.errors import WeightsError, short_listing
-from engine.files import safetensors_keys
+from engine.files import hub_snapshot, indexed_shards, read_json, safetensors_keys
 
 from .codec import Mimi
 from .config import MimiConfig
@@ -195,36 +194,20 @@ def _resolve(source: str) -> Path:
 
 def _download(repo: str) -> Path:
     """Fetch only what the codec needs (huggingface_hub shows progress and caches)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(repo, allow_patterns=["config.json", "tokenizer-*.safetensors"]))
-        kyutai = sorted(folder.glob("tokenizer-*.safetensors"))
-        if kyutai:
-            return kyutai[0]
-        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-        if config.get("model_type") != "mimi" and "codec_config" not in config:
-            raise WeightsError(f"hub repo {repo} holds neither a Mimi codec (config.json with model_type "
-                               f"'mimi') nor a Kyutai tokenizer-*.safetensors file")
-        return Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"]))
-    except WeightsError:
-        raise
-    except Exception as err:  # network, offline mode, gated repo, unknown repo
-        raise WeightsError(
-            f"could not download {repo} from the Hugging Face hub ({type(err).__name__}: {err}). Check the "
-            "name and your connection; for gated repos run `huggingface-cli login`; with HF_HUB_OFFLINE=1 "
-            "only repos already in the cache can be used.") from err
+    folder = Path(hub_snapshot(repo, ["config.json", "tokenizer-*.safetensors"], "the Mimi codec"))
+    kyutai = sorted(folder.glob("tokenizer-*.safetensors"))
+    if kyutai:
+        return kyutai[0]
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    if config.get("model_type") != "mimi" and "codec_config" not in config:
+        raise WeightsError(f"hub repo {repo} holds neither a Mimi codec (config.json with model_type "
+                           f"'mimi') nor a Kyutai tokenizer-*.safetensors file")
+    return Path(hub_snapshot(repo, ["config.json", "*.safetensors", "*.safetensors.index.json"],
+                             "the Mimi codec"))
 
 
 def _is_mimi_config(d: dict) -> bool:
     return d.get("model_type") == "mimi" or "upsampling_ratios" in d
-
-
-def _read_json(f: Path) -> dict:
-    try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError) as err:
-        raise WeightsError(f"{f} is not readable JSON: {err}") from err
 
 
 def _files_and_config(path: Path) -> tuple[list[Path], dict | None]:
@@ -233,24 +216,18 @@ def _files_and_config(path: Path) -> tuple[list[Path], dict | None]:
             raise WeightsError(f"{path}: Mimi weights must be a .safetensors file")
         for candidate in (path.with_suffix(".json"), path.parent / "config.json"):
             if candidate.is_file():
-                d = _read_json(candidate)
+                d = read_json(candidate)
                 if _is_mimi_config(d):
                     return [path], d
         return [path], None
-    config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    config = read_json(path / "config.json") if (path / "config.json").is_file() else None
     if config is not None and not _is_mimi_config(config):
         config = config.get("codec_config")  # a transformers CSM folder
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
-        files = [path / s for s in shards]
-    else:
+    files = indexed_shards(path)
+    if files is None:
         files = sorted(path.glob("*.safetensors"))
     if not files:
         raise WeightsError(f"{path} holds no .safetensors weights")
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise WeightsError(f"{path}: weight files listed in the index are missing: {', '.join(missing)}")
     return files, config
 
 
