@@ -65,6 +65,8 @@ class SQLiteStore(Store):
             raise
         except sqlite3.DatabaseError as error:
             self._close_quietly()
+            if "malformed" in str(error) or "corrupt" in str(error):
+                raise self._damaged(str(error), "") from None
             raise StorageError(
                 f"cannot open {self.location} as a conversation database: {error}") from None
 

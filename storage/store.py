@@ -198,6 +198,7 @@ class Store:
         """The session called `name`, created (with `meta`) if it does not exist yet."""
         if not isinstance(name, str) or not name.strip():
             raise StorageError("a session name must be a non-empty string")
+        _check_text("a session name", name)
         if self.readonly:
             return self.session(name)
         with self.transaction():
@@ -389,6 +390,8 @@ class Store:
         """Register (or, with overwrite, replace) a voice, in one transaction."""
         if not isinstance(name, str) or not name.strip():
             raise StorageError("a voice name must be a non-empty string")
+        _check_text("a voice name", name)
+        _check_text("a voice's transcript", text)
         row = {"name": name, "text": str(text), "audio": audio_to_flac(audio, sample_rate),
                "sample_rate": int(sample_rate), "meta": _dumps(meta), "created_at": utc_now()}
         with self.transaction():
@@ -451,6 +454,7 @@ class Store:
             raise StorageError(f"speaker must be >= 0, got {speaker}")
         if not int(speaker) < 2**63:
             raise StorageError(f"speaker {speaker} does not fit in a 64-bit integer")
+        _check_text("text", text)
         blob, frames, codebooks = codes_to_blob(codes)
         if seed is not None and not -(2**63) <= int(seed) < 2**63:
             raise StorageError(f"seed {seed} does not fit in a 64-bit integer")
@@ -529,6 +533,12 @@ class Store:
             frames=int(row["frames"]),
             voices=int(row["voices"]),
         )
+
+
+def _check_text(what: str, text) -> None:
+    """The same text is storable in every backend (PostgreSQL's text cannot hold NUL)."""
+    if "\x00" in str(text):
+        raise StorageError(f"{what} must not contain NUL characters (\\x00)")
 
 
 def _loads(text) -> dict:
