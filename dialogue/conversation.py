@@ -1,4 +1,4 @@
-"""Conversation: turns kept in SQLite, each new turn conditioned on the earlier ones.
+"""Conversation: turns kept in a database (SQLite or PostgreSQL), each new turn conditioned on the earlier ones.
 
     conv = Conversation.open("talk.db", session="demo", model=model)
     conv.set_voice(0, "conversational_a")        # pinned voice prompt, encoded once, stored
@@ -115,7 +115,8 @@ class Conversation:
         store_audio: bool = True,
         reuse_cache: bool = True,
     ) -> "Conversation":
-        """Open the session `session` in `db` (a path or a Store), creating both if needed.
+        """Open the session `session` in `db` (an SQLite path, a postgresql:// URL or a Store),
+        creating both if needed.
 
         model: a loaded CSMModel, a model name/path (loaded on first use), or None (the default
         model, loaded only when a turn needs it: replaying stored audio does not).

@@ -13,6 +13,7 @@ import soundfile as sf
 from .errors import StorageError
 
 CODE_DTYPE = np.dtype("<i2")
+MAX_CODE = 2050  # 2048 codebook entries and the few special ids CSM may emit
 
 
 def codes_to_blob(codes) -> tuple[bytes, int, int]:
@@ -31,6 +32,8 @@ def blob_to_codes(blob: bytes, frames: int, codebooks: int) -> np.ndarray:
     flat = np.frombuffer(blob or b"", dtype=CODE_DTYPE)
     if flat.size != frames * codebooks:
         raise StorageError(f"codes blob holds {flat.size} values, expected {frames} x {codebooks}")
+    if flat.size and (flat.min() < 0 or flat.max() > MAX_CODE):
+        raise StorageError(f"codes blob holds values outside 0..{MAX_CODE}")
     return flat.reshape(frames, codebooks).astype(np.int32)
 
 

@@ -18,3 +18,17 @@ class SessionNotFoundError(StorageError, KeyError):
 
 class SchemaVersionError(StorageError):
     """The database was written by a newer version of this package than the one running."""
+
+
+class DamagedDatabaseError(StorageError):
+    """The database, or a row in it, cannot be read back: a damaged file, a corrupt codes blob or
+    a column that no longer holds valid JSON. The message names the session (and turn) affected."""
+
+
+class ForeignDatabaseError(StorageError):
+    """The file or database belongs to another program; the store will not write its schema into
+    it."""
+
+
+class ConstraintError(StorageError):
+    """A write broke one of the schema's rules (a unique index, a foreign key, NOT NULL)."""

@@ -39,3 +39,15 @@ class StoredSegment:
     @property
     def frames(self) -> int:
         return int(self.codes.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class StoredVoice:
+    """One row of `voices`: a registered voice kept in the database (shared by server replicas)."""
+
+    name: str
+    text: str  # the words spoken in the clip
+    audio: np.ndarray  # (samples,) float32
+    sample_rate: int
+    meta: dict
+    created_at: str

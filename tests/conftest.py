@@ -46,3 +46,38 @@ def tiny_model(tiny_model_path):
     from engine import load_model
 
     return load_model(str(tiny_model_path))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL server for this test session (tests/pg_cluster.py); skips where
+    no PostgreSQL binaries or no psycopg driver can be found."""
+    from pg_cluster import Cluster, find_bin_dir
+
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"PostgreSQL tests need psycopg[pool] ({error.name} missing): "
+                    "pip install -e '.[postgres]'")
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl, postgres) not found on PATH or in "
+                    "/usr/lib/postgresql/*/bin: install the postgresql package")
+    cluster = Cluster(bin_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """A factory of fresh, empty database targets, once per backend: an SQLite file path, or a
+    postgresql:// URL naming a schema of its own in the session's throwaway server."""
+    if request.param == "sqlite":
+        names = iter(range(1, 1000))
+        return lambda: tmp_path / f"db{next(names)}.sqlite"
+    cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_url

@@ -1,8 +1,8 @@
-"""storage.Store: schema, round trips, transactions, several processes on one file."""
+"""storage.Store on both backends (SQLite, PostgreSQL): schema, round trips, transactions, several
+processes on one database. The `db_target` fixture (conftest.py) runs each test once per backend."""
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,11 +13,15 @@ import pytest
 
 from storage import (
     LATEST_VERSION,
+    ConstraintError,
     SchemaVersionError,
     SessionNotFoundError,
     StorageError,
     Store,
+    open_store,
 )
+from storage.postgres import PostgresStore
+from storage.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +31,13 @@ def codes(frames, seed=0):
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "talk.db") as s:
+def target(db_target):
+    return db_target()
+
+
+@pytest.fixture
+def store(target):
+    with open_store(target) as s:
         yield s
 
 
@@ -38,12 +47,19 @@ def test_storage_does_not_import_mlx_or_engine():
     assert out.stdout.strip() == "False"
 
 
-def test_pragmas_and_schema_version(store):
-    assert store.db.journal_mode == "wal"
-    assert next(store.db.query("PRAGMA foreign_keys"))["foreign_keys"] == 1
-    assert next(store.db.query("PRAGMA busy_timeout"))["timeout"] >= 1000
-    versions = [row["version"] for row in store.db.query("SELECT version FROM schema_version")]
-    assert versions == list(range(1, LATEST_VERSION + 1))
+def test_sqlite_pragmas(tmp_path):
+    with Store(tmp_path / "talk.db") as store:
+        assert isinstance(store, SQLiteStore)
+        assert store.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+        assert store.query("PRAGMA foreign_keys")[0]["foreign_keys"] == 1
+        assert store.query("PRAGMA busy_timeout")[0]["timeout"] >= 1000
+
+
+def test_schema_version(store, target):
+    assert isinstance(store, PostgresStore if isinstance(target, str) else SQLiteStore)
+    assert isinstance(Store(target), type(store))  # Store(target) dispatches like open_store
+    versions = [row["version"] for row in store.query("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, LATEST_VERSION + 1)) and store.schema_version() == LATEST_VERSION
     assert store.integrity_check() == ["ok"]
 
 
@@ -71,7 +87,7 @@ def test_turn_round_trip(store):
 def test_codes_stored_as_int16_blob(store):
     store.open_session("s")
     store.append_turn("s", speaker=0, text="a", codes=codes(5))
-    row = next(store.db.query("SELECT codes, frames, codebooks FROM segments"))
+    (row,) = store.query("SELECT codes, frames, codebooks FROM segments")
     assert len(row["codes"]) == 5 * 32 * 2 and (row["frames"], row["codebooks"]) == (5, 32)
     with pytest.raises(StorageError):
         store.append_turn("s", speaker=0, text="a", codes=np.full((2, 32), 70000))
@@ -113,10 +129,11 @@ def test_voice_prompts_pinned_one_per_speaker(store):
     assert list(voices) == [0, 1]
     assert voices[1].text == "one again" and voices[1].source == "voice_prompt" and voices[1].index is None
     assert store.turns("s") == [] and store.session("s").voices == 2
-    with pytest.raises(sqlite3.IntegrityError):  # the partial unique index backs the rule up
-        store.db.execute(
+    session_id = store.session("s").id
+    with pytest.raises(ConstraintError):  # the partial unique index backs the rule up
+        store.query(
             "INSERT INTO segments (session_id, source, speaker, text, frames, codebooks, codes, created_at)"
-            " VALUES (1, 'voice_prompt', 1, 'x', 0, 32, x'', 'now')"
+            " VALUES (?, 'voice_prompt', 1, 'x', 0, 32, ?, 'now')", [session_id, b""]
         )
     assert store.remove_voice_prompt("s", 1) and not store.remove_voice_prompt("s", 1)
     assert list(store.voice_prompts("s")) == [0]
@@ -137,10 +154,10 @@ def test_sessions_listing_and_delete(store):
 
 
 def test_foreign_keys_enforced(store):
-    with pytest.raises(sqlite3.IntegrityError):
-        store.db.execute(
+    with pytest.raises(ConstraintError):
+        store.query(
             "INSERT INTO segments (session_id, idx, source, speaker, text, frames, codebooks, codes, created_at)"
-            " VALUES (99, 0, 'generated', 0, 'x', 0, 32, x'', 'now')"
+            " VALUES (99, 0, 'generated', 0, 'x', 0, 32, ?, 'now')", [b""]
         )
 
 
@@ -153,8 +170,8 @@ def test_failed_transaction_leaves_nothing(store):
     assert store.turns("s") == [] and store.integrity_check() == ["ok"]
 
 
-def test_reopen_persists(tmp_path):
-    path = tmp_path / "x.db"
+def test_reopen_persists(target):
+    path = target
     with Store(path) as s:
         s.open_session("s")
         s.append_turn("s", speaker=0, text="kept", codes=codes(2), seed=7)
@@ -163,15 +180,13 @@ def test_reopen_persists(tmp_path):
         assert turn.text == "kept" and turn.seed == 7 and np.array_equal(turn.codes, codes(2))
 
 
-def test_newer_schema_refused(tmp_path):
-    path = tmp_path / "future.db"
-    Store(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("INSERT INTO schema_version VALUES (?, 'from the future', 'now')", [LATEST_VERSION + 1])
-    conn.commit()
-    conn.close()
+def test_newer_schema_refused(target):
+    with Store(target) as s:
+        s.query("INSERT INTO schema_version VALUES (?, 'from the future', 'now')", [LATEST_VERSION + 1])
     with pytest.raises(SchemaVersionError, match="upgrade"):
-        Store(path)
+        Store(target)
+    with pytest.raises(SchemaVersionError, match="upgrade"):
+        open_store(target, readonly=True)
 
 
 def test_not_a_database(tmp_path):
@@ -194,8 +209,8 @@ APPENDER = textwrap.dedent(
 )
 
 
-def test_two_processes_append_to_one_file(tmp_path):
-    path = tmp_path / "shared.db"
+def test_two_processes_append_to_one_database(target):
+    path = target
     Store(path).close()
     procs = [
         subprocess.Popen([sys.executable, "-c", APPENDER, str(path), str(sp), "25"], cwd=ROOT,
@@ -226,8 +241,8 @@ HOLDER = textwrap.dedent(
 )
 
 
-def test_second_writer_waits_for_the_first(tmp_path):
-    path = tmp_path / "busy.db"
+def test_second_writer_waits_for_the_first(target):
+    path = target
     with Store(path) as s:
         s.open_session("s")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "1.5"], cwd=ROOT,
@@ -242,8 +257,8 @@ def test_second_writer_waits_for_the_first(tmp_path):
         holder.wait()
 
 
-def test_kill_during_write_transaction_keeps_earlier_turns(tmp_path):
-    path = tmp_path / "killed.db"
+def test_kill_during_write_transaction_keeps_earlier_turns(target):
+    path = target
     with Store(path) as s:
         s.open_session("s")
         s.append_turn("s", speaker=0, text="before", codes=codes(3))

@@ -1,9 +1,13 @@
-"""Conversation commands: `csm say`, `csm replay`, `csm sessions list|show|export|delete`.
+"""Conversation commands: `csm say`, `csm replay`, `csm sessions list|show|export|delete|copy`.
+
+A database is an SQLite file or a postgresql:// URL; the commands that only read (replay, sessions
+list, show, export) open it read-only: they work on a read-only file and never wait for a writer.
 
     csm say --db talk.db --session demo --speaker 0 --voice conversational_a "Hi there!"
     csm say --db talk.db --session demo --speaker 1 "Hey! How are you?"
     csm replay talk.db --session demo -o demo.wav
     csm sessions list talk.db
+    csm sessions copy talk.db postgresql://csm@db:5432/csm
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from pathlib import Path
 import click
 from engine.constants import DEFAULT_MODEL
 
-EXISTING_DB = click.Path(exists=True, dir_okay=False, path_type=Path)
+from .database import Database
+
+EXISTING_DB = Database(existing=True)
 
 
 @contextlib.contextmanager
@@ -37,11 +43,11 @@ def _open(db: Path, session: str, model=None, **options):
     return Conversation.open(db, session=session, model=model, **options)
 
 
-def _require_session(db: Path, session: str) -> None:
-    from storage import Store
+def _read_only(db):
+    """The store of DB opened for reading only (no migration, no write lock, no file created)."""
+    from storage import open_store
 
-    with Store(db) as store:
-        store.session(session)  # SessionNotFoundError lists the sessions there are
+    return open_store(db, readonly=True)
 
 
 # -- csm say ------------------------------------------------------------------------------------
@@ -49,8 +55,8 @@ def _require_session(db: Path, session: str) -> None:
 
 @click.command("say")
 @click.argument("text", required=False)
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="SQLite file of the conversation (created if missing).")
+@click.option("--db", type=Database(), required=True,
+              help="SQLite file of the conversation (created if missing), or a postgresql:// URL.")
 @click.option("--session", default="default", show_default=True, help="Session name in the database.")
 @click.option("--speaker", type=click.IntRange(min=0), default=0, show_default=True,
               help="Who speaks this turn (0, 1, ...).")
@@ -132,9 +138,7 @@ def sessions():
 @click.argument("db", type=EXISTING_DB)
 def list_sessions(db):
     """The sessions in DB with their turn counts and lengths."""
-    from storage import Store
-
-    with _user_errors(), Store(db) as store:
+    with _user_errors(), _read_only(db) as store:
         rows = store.sessions()
     if not rows:
         click.echo(f"{db}: no sessions")
@@ -150,9 +154,7 @@ def list_sessions(db):
 @click.argument("session", default="default")
 def show_session(db, session):
     """The pinned voices and the turns of SESSION."""
-    from storage import Store
-
-    with _user_errors(), Store(db) as store:
+    with _user_errors(), _read_only(db) as store:
         info = store.session(session)
         voices = store.voice_prompts(session)
         turns = store.turns(session)
@@ -204,15 +206,48 @@ def delete_session(db, session, yes):
     click.echo(f"deleted session {session} ({info.turns} turns)")
 
 
+@sessions.command("copy")
+@click.argument("source", type=EXISTING_DB)
+@click.argument("target", type=Database())
+@click.argument("names", nargs=-1)
+@click.option("--replace", is_flag=True, help="Overwrite sessions the target already has.")
+@click.option("--skip-existing", "--skip_existing", "skip_existing", is_flag=True,
+              help="Leave sessions the target already has as they are.")
+@click.option("--voices/--no-voices", default=True, show_default=True,
+              help="Also copy the registered voices kept in the database.")
+def copy_sessions(source, target, names, replace, skip_existing, voices):
+    """Copy sessions NAMES (default: all) from SOURCE to TARGET, exactly as stored.
+
+    Either side may be an SQLite file or a postgresql:// URL (the target is created if needed).
+    Each session is copied in one transaction: codes, audio, seeds and timings arrive unchanged.
+    """
+    from storage import copy_sessions as copy, open_store
+
+    if replace and skip_existing:
+        raise click.UsageError("give --replace or --skip-existing, not both")
+    if str(source) == str(target):
+        raise click.UsageError("SOURCE and TARGET are the same database")
+    with _user_errors(), _read_only(source) as src, open_store(target) as dst:
+        report = copy(src, dst, list(names) or None, replace=replace,
+                      skip_existing=skip_existing, voices=voices)
+    for name in report.sessions:
+        click.echo(f"copied session {name}")
+    for name in report.skipped:
+        click.echo(f"skipped session {name} (already in {target})")
+    if report.voices:
+        click.echo(f"copied voices: {', '.join(report.voices)}")
+    click.echo(f"{len(report.sessions)} sessions copied to {target}")
+
+
 # -- helpers ------------------------------------------------------------------------------------
 
 
 def _export_audio(db: Path, session: str, output: Path, pause: float, model: str) -> None:
     if output.suffix.lower() not in (".wav", ".flac"):
         raise click.UsageError(f"{output}: write .wav or .flac (or .json with `sessions export`)")
-    with _user_errors():
-        _require_session(db, session)
-        with _open(db, session, model) as conv:  # the model loads only if some turn lacks audio
+    with _user_errors(), _read_only(db) as store:
+        store.session(session)  # SessionNotFoundError lists the sessions there are
+        with _open(store, session, model) as conv:  # the model loads only if a turn lacks audio
             turns = len(conv)
             path = conv.export(output, pause_s=pause)
     import soundfile as sf
@@ -222,9 +257,7 @@ def _export_audio(db: Path, session: str, output: Path, pause: float, model: str
 
 
 def _export_json(db: Path, session: str, output: Path) -> None:
-    from storage import Store
-
-    with _user_errors(), Store(db) as store:
+    with _user_errors(), _read_only(db) as store:
         info = store.session(session)
         voices = store.voice_prompts(session)
         turns = store.turns(session)

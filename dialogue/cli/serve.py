@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from engine.constants import DEFAULT_MODEL
 
+from .database import Database
 
 
 def _is_loopback(host: str) -> bool:
@@ -25,9 +26,10 @@ def _is_loopback(host: str) -> bool:
 @click.command("serve")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Model: a Hugging Face id, a local folder, or tiny-random.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="SQLite file for sessions (created if missing). Without it, the session "
-                   "endpoints answer 404.")
+@click.option("--db", type=Database(), default=None,
+              help="SQLite file for sessions (created if missing), or a postgresql:// URL "
+                   "(which also keeps uploaded voices). Without it, the session endpoints "
+                   "answer 404.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback exposes the server to the "
                    "network: set --api-key.")

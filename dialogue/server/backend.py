@@ -43,7 +43,10 @@ class Backend:
 
     def __init__(self, model_name: str, db_path: str | Path | None, model=None) -> None:
         self.model_name = model_name
-        self.db_path = Path(db_path) if db_path is not None else None
+        from storage import is_postgres_url
+
+        # an SQLite file, or a postgresql:// URL (kept as given: a Path would mangle it)
+        self.db_path = db_path if db_path is None or is_postgres_url(db_path) else Path(db_path)
         self.model = model
         self.store = None
         self._conversations: dict[str, Any] = {}
@@ -56,11 +59,18 @@ class Backend:
             self.model = load_model(self.model_name)
         if self.db_path is not None:
             self.store = self.open_store()
+            if self.store.shares_voices and getattr(self.model, "voices", None) is not None:
+                # a shared database (PostgreSQL) keeps the uploaded voices, so that every replica
+                # of this server sees them; an SQLite file leaves them in the local folder
+                from dialogue.shared_voices import DatabaseVoices
+
+                self._local_voices = self.model.voices  # put back by close()
+                self.model.voices = DatabaseVoices(self.model.voices, self.store)
 
     def open_store(self):
-        from storage import Store
+        from storage import open_store
 
-        return Store(self.db_path)
+        return open_store(self.db_path)
 
     @staticmethod
     def release_thread() -> None:
@@ -75,6 +85,8 @@ class Backend:
 
     def close(self) -> None:
         self._conversations.clear()
+        if getattr(self, "_local_voices", None) is not None:
+            self.model.voices, self._local_voices = self._local_voices, None
         if self.store is not None:
             self.store.close()
             self.store = None
