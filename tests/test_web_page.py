@@ -214,6 +214,19 @@ def test_speaking_streams_audio_as_it_arrives(page, server):
     assert errors_in_console(page) == []
 
 
+def test_stop_hangs_up_and_the_server_cancels_the_generation(page, server):
+    before = httpx.get(server.url + "/health").json()["cancelled"]
+    field(page, "speak-text", "A long line that the listener stops early.")
+    field(page, "opt-max-length", "20")
+    page.find_element(By.ID, "speak-go").click()
+    wait(page, lambda d: d.find_element(By.ID, "speak-stats").get_attribute("data-state") == "streaming")
+    page.find_element(By.ID, "speak-stop").click()
+    wait(page, lambda d: d.find_element(By.ID, "speak-stats").get_attribute("data-state") == "stopped")
+    wait(page, lambda d: httpx.get(server.url + "/health").json()["cancelled"] == before + 1)
+    assert int(page.find_element(By.ID, "speak-stats").get_attribute("data-chunks")) < 40
+    assert errors_in_console(page) == []
+
+
 def test_an_invalid_request_shows_the_servers_message(page, server):
     report, _ = speak(page, "")
     assert report["state"] == "error"
@@ -365,7 +378,10 @@ def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(tmp_path,
     try:
         driver.get(server.url + "/")
         wait(driver, lambda d: d.find_element(By.ID, "key-dialog").is_displayed())
-        driver.find_element(By.ID, "key-input").send_keys(key + "\n")
+        driver.find_element(By.ID, "key-input").send_keys("wrong\n")  # asked again, with the reason
+        wait(driver, lambda d: d.find_element(By.ID, "key-error").is_displayed())
+        assert "wrong API key" in driver.find_element(By.ID, "key-error").text
+        field(driver, "key-input", key + "\n")
         wait(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1")
         assert not driver.find_element(By.ID, "key-dialog").is_displayed()
         assert js(driver, "return document.querySelectorAll('#voice-list li[data-voice]').length") > 0

@@ -412,7 +412,7 @@ async function speak() {
   $("speak-stop").disabled = false;
   $("speak-save").hidden = true;
   const options = generationOptions();
-  speakWave.reset((options.max_audio_length_ms || 10000) / 1000);
+  speakWave.reset((options.max_audio_length_ms || 0) / 1000);
   for (const id of ["speak-ttfa", "speak-rtf", "speak-chunks", "speak-duration", "speak-server", "speak-seed"]) setStat(id, "–");
   setStat("speak-state", "waiting…");
   stats.dataset.state = "waiting";
