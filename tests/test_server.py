@@ -295,18 +295,22 @@ def test_bad_speech_requests_get_openai_errors(server):
 def test_model_work_runs_on_the_one_worker_thread_one_request_at_a_time(server):
     backend = server.app.state.csm.backend
     threads, active, most = [], [0], [0]
-    original = backend.model.generate
+    originals = {name: getattr(backend.model, name) for name in ("generate", "generate_turn")}
 
-    def recording_generate(*args, **kwargs):
-        threads.append(threading.current_thread())
-        active[0] += 1
-        most[0] = max(most[0], active[0])
-        try:
-            yield from original(*args, **kwargs)
-        finally:
-            active[0] -= 1
+    def recording(original):
+        def generate(*args, **kwargs):
+            threads.append(threading.current_thread())
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+            try:
+                yield from original(*args, **kwargs)
+            finally:
+                active[0] -= 1
 
-    backend.model.generate = recording_generate
+        return generate
+
+    for name, original in originals.items():  # speech calls generate, a session turn generate_turn
+        setattr(backend.model, name, recording(original))
     try:
         replies = [None] * 4
 
@@ -323,7 +327,8 @@ def test_model_work_runs_on_the_one_worker_thread_one_request_at_a_time(server):
         created = server.http.post("/v1/sessions", json={"voices": {"0": "conversational_a"}})
         assert _turn(server, created.json()["id"], 0, "On the worker.").status_code == 200
     finally:
-        backend.model.generate = original
+        for name, original in originals.items():
+            setattr(backend.model, name, original)
     assert len(threads) == 5 and all(t is server.worker.thread for t in threads)
     assert most[0] == 1
 

@@ -71,6 +71,8 @@ def serve(model: str, db: Path | None, host: str, port: int, max_queue: int,
     except (CSMError, StorageError) as error:
         app.state.csm.worker.stop()
         raise click.ClickException(str(error)) from None
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"the web page: http://{shown}:{port}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 

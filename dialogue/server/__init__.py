@@ -8,7 +8,8 @@ or from the shell: `csm serve --model sesame/csm-1b --db talk.db`.
 Files: app.py (routes), schemas.py (request bodies), worker.py (the one model thread and its
 queue), backend.py (model calls, run on that thread), responses.py (streamed / whole / SSE
 responses), audio_formats.py (wav, pcm, flac, mp3, opus), errors.py (OpenAI's error shape),
-limits.py (body size limits), names.py (safe voice and session names).
+limits.py (body size limits), names.py (safe voice and session names), web.py (the web page
+at `/`, plain files in static/).
 """
 
 from .app import create_app

@@ -26,6 +26,7 @@ from .limits import BodyLimitMiddleware
 from .names import NAME_PATTERN, check_name, is_safe_name
 from .responses import audio_response, run_job_result, submit
 from .schemas import SessionCreate, SpeechRequest, TurnRequest, VoicePin
+from .web import add_web_page, is_public_path
 from .worker import Worker
 
 log = logging.getLogger("csm.server")
@@ -94,11 +95,13 @@ def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     _add_routes(app, state)
+    add_web_page(app)
     return app
 
 
 class ApiKeyMiddleware:
-    """Every request but /health and the docs needs 'Authorization: Bearer <key>'.
+    """Every request but /health, the docs and the web page's files needs
+    'Authorization: Bearer <key>'.
 
     A plain ASGI middleware (not @app.middleware): it must not wrap `receive`, or requests could
     no longer notice a client that disconnects.
@@ -111,7 +114,8 @@ class ApiKeyMiddleware:
         self.key = api_key.encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.OPEN_PATHS:
+        if (scope["type"] == "http" and scope["path"] not in self.OPEN_PATHS
+                and not is_public_path(scope["path"])):
             given = dict(scope.get("headers", ())).get(b"authorization", b"")
             token = given[7:] if given[:7].lower() == b"bearer " else b""
             if not secrets.compare_digest(token, self.key):
@@ -379,3 +383,18 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         return Response(encode_audio(audio, fmt), media_type=MEDIA_TYPES[fmt],
                         headers={"X-CSM-Session": name})
 
+
+    @app.get("/v1/sessions/{session_id}/turns/{index}/audio")
+    async def turn_audio(session_id: str, index: int, request: Request,
+                         response_format: str = "wav") -> Response:
+        """One stored turn's audio (index from GET /v1/sessions/{id}); the web page's play button."""
+        name = session_name(session_id)
+        try:
+            fmt = check_format(response_format)
+        except ValueError as error:
+            raise APIError(400, str(error), param="response_format",
+                           code="unsupported_format") from None
+        (audio,) = await run_job_result(request, submit(
+            request, lambda job: [backend.turn_audio(name, index)], "turn audio"))
+        return Response(encode_audio(audio, fmt), media_type=MEDIA_TYPES[fmt],
+                        headers={"X-CSM-Session": name, "X-CSM-Turn-Index": str(index)})

@@ -206,6 +206,16 @@ class Backend:
         return {"index": turn.index, "speaker": int(segment.speaker), "text": segment.text,
                 "source": turn.source, "duration_s": round(segment.codes.shape[0] * 0.08, 2)}
 
+    def turn_audio(self, session: str, index: int) -> np.ndarray:
+        """One turn's audio: as stored (a recording), else decoded from its codes."""
+        turns = self.conversation(session).turns
+        if not 0 <= index < len(turns):
+            raise APIError(404, f"session {session!r} has no turn {index} (it has {len(turns)}; "
+                           "the first is 0)", param="index", code="turn_not_found")
+        segment = turns[index].segment
+        audio = segment.audio if segment.audio is not None else self.model.decode(segment.codes)
+        return np.asarray(audio, dtype=np.float32).reshape(-1)
+
     def session_audio(self, session: str, pause_s: float) -> np.ndarray:
         audio = self.conversation(session).audio(pause_s=pause_s)
         return np.asarray(audio, dtype=np.float32).reshape(-1)
