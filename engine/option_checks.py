@@ -30,9 +30,9 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from engine.constants import MS_PER_FRAME
 from engine.errors import InputError
 
-MS_PER_FRAME = 80
 MAX_CONTEXT_POSITIONS = 2048  # CSM-1B's backbone positions: no utterance can be longer
 
 

@@ -22,12 +22,11 @@ import math
 import warnings
 from pathlib import Path
 
-from engine.constants import TINY_MODEL
+from engine.constants import SAMPLES_PER_FRAME, TINY_MODEL
 from engine.errors import CSMError
 
 from .script import Script, ScriptError
 
-SAMPLES_PER_FRAME = 1920
 DEFAULT_POSITIONS = 2048
 DEFAULT_MAX_AUDIO_LENGTH_MS = 90_000
 
