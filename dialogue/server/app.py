@@ -287,7 +287,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
     @app.post("/v1/sessions", status_code=201)
     async def create_session(body: SessionCreate, request: Request) -> dict:
         store()
-        name = body.id or f"session-{secrets.token_hex(4)}"
+        name = body.id if body.id is not None else f"session-{secrets.token_hex(4)}"
         check_name(name, "session", "id")
         await run_job_result(request, submit(
             request, lambda job: [backend.create_session(name, body.voices, body.meta)],
