@@ -21,6 +21,7 @@ consumer that stops early leaves the session as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
@@ -30,15 +31,16 @@ import attrs
 import numpy as np
 
 from engine.audio import resample, save_audio
-from engine.errors import AudioError, InputError, VoiceError
+from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
 from engine.segment import SAMPLE_RATE, Segment
-from storage import Store, StoredSegment
+from storage import SessionNotFoundError, Store, StoredSegment
 
 from .budget import Window, choose_window
 from engine.constants import DEFAULT_MODEL
 
 DEFAULT_MAX_AUDIO_LENGTH_MS = 90_000
 DEFAULT_CONTEXT_LIMIT = 2048  # CSM-1B's backbone positions, when the model does not say
+MIN_TURN_ROWS = 80  # a short line's text rows and ~5 s of frames: room a pinned voice must leave
 
 
 @attrs.frozen(eq=False)
@@ -101,7 +103,10 @@ class Conversation:
         self._voices: dict[int, StoredSegment] = {}
         self._rows: dict[int, int] = {}  # segment id -> backbone rows (tokenizer-dependent)
         self._audio: dict[int, np.ndarray | None] = {}  # segment id -> stored audio
-        self.store.open_session(session)
+        if not isinstance(session, str) or not session.strip():
+            raise InputError(f"a session name must be a non-empty string, got {session!r}")
+        # The session is created by its first write (a voice or a turn), so a request that fails
+        # before storing anything (a bad clip, bad options) leaves no empty session behind.
         self._sync()
 
     @classmethod
@@ -191,10 +196,13 @@ class Conversation:
 
     def audio(self, pause_s: float = 0.0) -> np.ndarray:
         """All turns' audio joined (float32, 24 kHz), with `pause_s` of silence between turns."""
+        from engine.option_checks import OPTIONS
+
+        pause_s = OPTIONS["pause"].check(pause_s, "pause_s")
         clips = [self._turn_audio(row) for row in self._synced_turns()]
         if not clips:
             return np.zeros(0, np.float32)
-        gap = np.zeros(int(round(max(pause_s, 0.0) * SAMPLE_RATE)), np.float32)
+        gap = np.zeros(int(round(pause_s * SAMPLE_RATE)), np.float32)
         parts = []
         for i, clip in enumerate(clips):
             if i and gap.size:
@@ -225,7 +233,8 @@ class Conversation:
         if voice is not None and ref_audio is not None:
             raise VoiceError("give either a voice name or ref_audio + ref_text, not both")
         if voice is None and ref_audio is None:
-            self.store.remove_voice_prompt(self.session, speaker)
+            if self.store.has_session(self.session):
+                self.store.remove_voice_prompt(self.session, speaker)
             self._revision = None
             return None
         if voice is not None:
@@ -237,8 +246,13 @@ class Conversation:
                     "ref_audio needs ref_text, the words spoken in the clip: the voice prompt is "
                     "the clip's text followed by its audio"
                 )
+            from engine.voices import check_voice_clip, check_voice_file
+
+            if isinstance(ref_audio, (str, Path)):
+                check_voice_file(ref_audio, what="The reference clip")  # before decoding it
             audio = _load_audio(ref_audio)
             text = str(ref_text).strip()
+            check_voice_clip(audio, text, what="The reference clip")
             source = str(ref_audio) if isinstance(ref_audio, (str, Path)) else "array"
             meta = {"ref_audio": source}
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -248,12 +262,58 @@ class Conversation:
         if pinned is not None and pinned.meta.get("audio_sha256") == meta["audio_sha256"] and pinned.text == text:
             return self._segment(pinned)  # already pinned: keep its codes (and the cached prefix)
         codes = self._encode(audio)
+        self._check_voice_fits(speaker, Segment(speaker, text, codes=codes))
+        self._ensure_session()
         self.store.set_voice_prompt(
             self.session, speaker=speaker, text=text, codes=codes,
             audio=audio if self.store_audio else None, sample_rate=SAMPLE_RATE, meta=meta,
         )
         self._revision = None
         return Segment(speaker, text, audio=audio, codes=codes)
+
+    @contextlib.contextmanager
+    def undo_on_error(self):
+        """Undo what the block stores (pinned voices, turns, the session itself) if it raises, so
+        a request that pins a voice and then fails to say its turn leaves the session as it was:
+
+            with conv.undo_on_error():
+                conv.set_voice(1, ref_audio="clip.wav", ref_text="...")
+                conv.say(1, "Hello.")
+        """
+        existed = self.store.has_session(self.session)
+        self._sync()
+        turns = len(self._turns)
+        voices = {speaker: (row, self.store.audio(row.id) if row.has_audio else None)
+                  for speaker, row in self._voices.items()}
+        try:
+            yield self
+        except BaseException:
+            self._restore(existed, turns, voices)
+            raise
+
+    def _restore(self, existed: bool, turns: int, voices: dict) -> None:
+        if not self.store.has_session(self.session):
+            return
+        if not existed:
+            self.store.delete_session(self.session)
+            self._revision = None
+            return
+        self._sync()
+        if len(self._turns) > turns:
+            self.store.truncate(self.session, turns)
+        current = dict(self._voices)
+        for speaker, row in current.items():
+            if speaker not in voices:
+                self.store.remove_voice_prompt(self.session, speaker)
+        for speaker, (row, audio) in voices.items():
+            now = current.get(speaker)
+            if now is not None and now.id == row.id:
+                continue
+            samples, rate = audio if audio is not None else (None, SAMPLE_RATE)
+            self.store.set_voice_prompt(self.session, speaker=speaker, text=row.text,
+                                        codes=row.codes, audio=samples, sample_rate=rate,
+                                        meta=row.meta)
+        self._revision = None
 
     def say(
         self,
@@ -306,6 +366,7 @@ class Conversation:
         samples = _load_audio(audio)
         codes = self._encode(samples)
         self._sync()
+        self._ensure_session()
         row = self.store.append_turn(
             self.session, speaker=speaker, text=text.strip(), codes=codes, source="recorded",
             audio=samples if self.store_audio else None, sample_rate=SAMPLE_RATE, meta=meta,
@@ -318,14 +379,15 @@ class Conversation:
         """Keep the first `n` turns, delete the rest."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InputError(f"truncate needs a number of turns >= 0, got {n!r}")
-        self.store.truncate(self.session, n)
+        if self.store.has_session(self.session):
+            self.store.truncate(self.session, n)
         self._revision = None
 
     def undo(self) -> Segment | None:
         """Delete the last turn and return it (None when there is none)."""
         last = self._synced_turns()[-1] if self._synced_turns() else None
         audio = self._stored_audio(last) if last is not None else None
-        row = self.store.pop_turn(self.session)
+        row = self.store.pop_turn(self.session) if self.store.has_session(self.session) else None
         self._revision = None
         if row is None:
             return None
@@ -335,14 +397,23 @@ class Conversation:
 
     def _generate(self, speaker, text, *, stream, temperature, top_k, seed, max_audio_length_ms,
                   meta, streaming_interval=0.5, stored=None) -> Iterator:
+        from engine.option_checks import check_options
+
         speaker = _check_speaker(speaker)
         if not isinstance(text, str) or not text.strip():
             raise InputError("The text to speak is empty; give at least one word.")
+        length_ms = DEFAULT_MAX_AUDIO_LENGTH_MS if max_audio_length_ms is None else max_audio_length_ms
+        checked = check_options(temperature=temperature, top_k=top_k, seed=seed,
+                                max_audio_length_ms=length_ms,
+                                streaming_interval=streaming_interval)
+        temperature, top_k, seed = checked["temperature"], checked["top_k"], checked["seed"]
+        length_ms, streaming_interval = checked["max_audio_length_ms"], checked["streaming_interval"]
+        if meta is not None and not isinstance(meta, dict):
+            raise InputError(f"meta must be a dict (the caller's own data) or None, got {type(meta).__name__}")
         model = self.model
         # The model's own rule for what is spoken; it is what the turn stores, so later prompts hold
         # exactly the rows the KV cache computed for it.
         spoken = model.spoken_text(text)
-        length_ms = DEFAULT_MAX_AUDIO_LENGTH_MS if max_audio_length_ms is None else max_audio_length_ms
         self._sync()
         plan = self._plan(speaker, spoken, length_ms)
         params = {
@@ -397,6 +468,7 @@ class Conversation:
             "prompt_rows": plan.window.pinned_rows + plan.window.history_rows + plan.text_rows,
             "pruned": plan.window.pruned,
         }
+        self._ensure_session()
         row = self.store.append_turn(
             self.session, speaker=speaker, text=spoken, codes=codes, source="generated",
             audio=audio if (self.store_audio and audio is not None) else None,
@@ -413,15 +485,42 @@ class Conversation:
 
     def _sync(self) -> None:
         """Reload turns and voices when the database changed (here or in another process)."""
-        revision = self.store.revision(self.session)
+        try:
+            revision = self.store.revision(self.session)
+        except SessionNotFoundError:  # not created yet (nothing stored), or deleted meanwhile
+            revision = -1
         if revision == self._revision:
             return
-        self._turns = self.store.turns(self.session)
-        self._voices = self.store.voice_prompts(self.session)
+        if revision == -1:
+            self._turns, self._voices = [], {}
+        else:
+            self._turns = self.store.turns(self.session)
+            self._voices = self.store.voice_prompts(self.session)
         self._revision = revision
         live = {row.id for row in self._turns} | {row.id for row in self._voices.values()}
         self._rows = {k: v for k, v in self._rows.items() if k in live}
         self._audio = {k: v for k, v in self._audio.items() if k in live}
+
+    def _check_voice_fits(self, speaker: int, prompt: Segment) -> None:
+        """A voice is pinned only if, beside the other pinned voices, a short turn still fits
+        the context; else every later turn would fail (ContextTooLongError, nothing stored)."""
+        voice_rows = int(self.model.prompt_rows([prompt]))
+        pinned = voice_rows + sum(self._row_count(row) for s, row in self._voices.items()
+                                  if s != speaker)
+        room = self.limit - pinned
+        if room < MIN_TURN_ROWS:
+            raise ContextTooLongError(
+                f"The voice for speaker {speaker} takes {voice_rows} positions and the pinned "
+                f"voices together {pinned} of the model's {self.limit}, leaving {max(room, 0)}: a "
+                f"turn needs at least {MIN_TURN_ROWS} (a short line and a few seconds of audio). "
+                "Use a shorter clip (8-12 s works best), or unpin another speaker's voice."
+            )
+
+    def _ensure_session(self) -> None:
+        """Create the session in the database (on its first write)."""
+        if not self.store.has_session(self.session):
+            self.store.open_session(self.session)
+            self._revision = None
 
     def _synced_turns(self) -> list[StoredSegment]:
         self._sync()
@@ -495,9 +594,9 @@ class Conversation:
 
 
 def _check_speaker(speaker) -> int:
-    if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or speaker < 0:
-        raise InputError(f"speaker must be a non-negative int (0, 1, ...), got {speaker!r}")
-    return int(speaker)
+    from engine.option_checks import check_option
+
+    return check_option("speaker", speaker)
 
 
 def _load_audio(source) -> np.ndarray:

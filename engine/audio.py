@@ -152,16 +152,16 @@ def _describe(source) -> str:
     return "audio stream"
 
 
-def _read_file(source):
+def _read_file(source, name: str | None = None):
     import soundfile as sf
 
-    what = _describe(source)
+    what = name or _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.exists():
-            raise AudioError(f"Audio file not found: {os.fspath(source)!r}")
+            raise AudioError(f"Audio file not found: {name or os.fspath(source)!r}")
         if path.is_dir():
-            raise AudioError(f"{os.fspath(source)!r} is a folder, not an audio file")
+            raise AudioError(f"{name or os.fspath(source)!r} is a folder, not an audio file")
         target = str(path)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         target = io.BytesIO(bytes(source))
@@ -171,15 +171,116 @@ def _read_file(source):
         samples, rate = sf.read(target, dtype="float32", always_2d=True)  # (samples, channels)
     except Exception as exc:
         raise AudioError(
-            f"Could not read {what}: {exc}. Readable formats: {READABLE}."
+            f"Could not read {what}: {_without_path(exc, target)}. Readable formats: {READABLE}."
         ) from exc
     return samples, int(rate), what
 
 
-def load_audio(source, sample_rate: int | None = None, *, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes the WAV header's data chunk promises, bytes the file holds after it), when the file
+    is a RIFF WAV that holds fewer than promised (a truncated download or copy); else None."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = path.stat().st_size
+            while True:
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if name == b"data":
+                    held = size - handle.tell()
+                    if length in (0, 0xFFFFFFFF) or held >= length:  # streamed: size unknown
+                        return None
+                    return length, held
+                handle.seek(length + (length & 1), 1)
+    except OSError:
+        return None
+
+
+def probe_audio(source, *, name: str | None = None):
+    """What a file holds, from its header only (nothing is decoded): soundfile's info object
+    with `.duration` (seconds), `.frames`, `.samplerate`, `.channels`. AudioError when it is not
+    readable audio. `name` replaces the path in messages (e.g. "the uploaded clip")."""
+    import soundfile as sf
+
+    what = name or _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise AudioError(f"Audio file not found: {name or os.fspath(source)!r}")
+        if path.is_dir():
+            raise AudioError(f"{name or os.fspath(source)!r} is a folder, not an audio file")
+        source = str(path)
+    try:
+        info = sf.info(source)
+    except Exception as exc:
+        raise AudioError(f"Could not read {what}: {_without_path(exc, source)}. "
+                         f"Readable formats: {READABLE}.") from None
+    if not info.samplerate or info.samplerate <= 0:
+        raise AudioError(f"{what} has no valid sample rate in its header")
+    return info
+
+
+def check_duration(source, max_seconds: float, *, what: str = "The clip", name: str | None = None,
+                   hint: str = "") -> float:
+    """Refuse a file longer than `max_seconds` from its header, before decoding any of it
+    (a small compressed file can hold hours). Returns its duration in seconds."""
+    info = probe_audio(source, name=name)
+    seconds = float(info.frames) / float(info.samplerate)
+    if seconds > max_seconds:
+        raise AudioError(f"{what} is {seconds:.1f} s long; at most {max_seconds:g} s is accepted"
+                         f"{hint}")
+    return seconds
+
+
+def _without_path(error: Exception, source) -> str:
+    """An error's message with the file's path left out (server replies must not show them)."""
+    text = str(error)
+    if isinstance(source, str) and source:
+        text = text.replace(source, "the file")
+    return text
+
+
+def check_output_path(path) -> Path:
+    """Check, before any work is done, that audio can be written to `path`: a .wav or .flac name,
+    not a folder, and a folder that exists (or can be made) and takes new files. AudioError
+    otherwise. Nothing is left behind."""
+    import tempfile
+
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in WRITABLE:
+        raise AudioError(f"Cannot write {str(path)!r}: use a .wav or .flac file name "
+                         f"(got {path.suffix or 'no extension'!r})")
+    if path.is_dir():
+        raise AudioError(f"Cannot write {str(path)!r}: it is a folder")
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AudioError(f"Cannot write {str(path)!r}: {str(existing)!r} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".csm-write-check-"):
+            pass
+    except OSError as error:
+        raise AudioError(f"Cannot write {str(path)!r}: {error.strerror or error} in "
+                         f"{str(existing)!r}; choose another place for the output") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AudioError(f"Cannot write {str(path)!r}: the file exists and is read-only")
+    return path
+
+
+def load_audio(source, sample_rate: int | None = None, *, target_rate: int = SAMPLE_RATE,
+               name: str | None = None) -> np.ndarray:
     """Audio from a file path, bytes, file object or array -> 1-D float32 at `target_rate` (24 kHz).
 
-    See the module docstring for the accepted shapes, the warnings, and the errors.
+    See the module docstring for the accepted shapes, the warnings, and the errors. `name`
+    replaces the file's path in warnings and errors (e.g. "the uploaded clip").
     """
     if sample_rate is not None and (
         isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0
@@ -188,7 +289,14 @@ def load_audio(source, sample_rate: int | None = None, *, target_rate: int = SAM
     if source is None:
         raise AudioError("No audio given (got None)")
     if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(source, "read"):
-        samples, rate, what = _read_file(source)
+        samples, rate, what = _read_file(source, name)
+        if isinstance(source, (str, os.PathLike)):
+            shortfall = _wav_data_shortfall(Path(source).expanduser())
+            if shortfall is not None:
+                promised, held = shortfall
+                _warn(f"{what} is cut short: its header promises {promised} bytes of samples but "
+                      f"the file holds {held} ({100 * held / promised:.0f}%); only what is there "
+                      "was read. The file may be a partial copy or download.")
         if sample_rate is not None and int(sample_rate) != rate:
             raise AudioError(
                 f"{what} is sampled at {rate} Hz but sample_rate={sample_rate} was given; "

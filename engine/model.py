@@ -42,7 +42,6 @@ import numpy as np
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
 from engine.generator import (
     Generator,
-    audio_length_frame_cap,
     chunk_frames_for,
     frame_cap,
     stream_seed,
@@ -200,8 +199,12 @@ class CSMModel:
                     "the clip (the words spoken in it). Pass ref_text=\"...\" (--ref_text)."
                 )
             from engine.audio import load_audio
+            from engine.voices import check_voice_clip, check_voice_file
 
+            if isinstance(ref_audio, (str, os.PathLike)):
+                check_voice_file(ref_audio, what="The reference clip")  # before decoding it all
             audio = load_audio(ref_audio)
+            check_voice_clip(audio, str(ref_text).strip(), what="The reference clip")
             _check_clip_length(audio, "The reference clip")
             key = ("ref", _audio_key(audio))
             codes = self._voice_codes.get(key)
@@ -295,14 +298,26 @@ class CSMModel:
         started = time.perf_counter()
         if unknown:
             raise InputError(f"unknown generate() option(s): {', '.join(sorted(unknown))}")
+        from engine.option_checks import check_flag, check_options
         from engine.sampling import make_sampler
 
+        checked = check_options(temperature=temperature, top_k=top_k, seed=seed, speaker=speaker,
+                                max_audio_length_ms=max_audio_length_ms,
+                                streaming_interval=streaming_interval)
+        temperature, top_k, seed, speaker, max_audio_length_ms, streaming_interval = (
+            checked["temperature"], checked["top_k"], checked["seed"], checked["speaker"],
+            checked["max_audio_length_ms"], checked["streaming_interval"])
+        stream, voice_match = check_flag("stream", stream), check_flag("voice_match", voice_match)
+        normalize, reuse_cache = check_flag("normalize", normalize), check_flag("reuse_cache", reuse_cache)
+        watermark = check_flag("watermark", watermark)
+        if ref_text is not None and not isinstance(ref_text, str):
+            raise InputError(f"ref_text must be text (a str), got {type(ref_text).__name__}")
+        if voice is not None and not isinstance(voice, str):
+            raise VoiceError(f"voice must be a voice name (a str) or None, got {type(voice).__name__}")
+        if on_frame is not None and not callable(on_frame):
+            raise InputError("on_frame must be a function (frames_so_far, frame_cap) or None")
         sampler = make_sampler(temperature, top_k)
         chunk_frames = chunk_frames_for(streaming_interval) if stream else 0
-        audio_length_frame_cap(max_audio_length_ms)  # validates max_audio_length_ms
-        if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or speaker < 0:
-            raise InputError(f"speaker must be a non-negative int (0, 1, ...), got {speaker!r}")
-        speaker = int(speaker)
         seed = _check_seed(seed)
 
         if isinstance(text, str):
@@ -340,9 +355,13 @@ class CSMModel:
         started = time.perf_counter()
         if not isinstance(plan, TurnPlan):
             raise InputError(f"generate_turn takes a TurnPlan from plan_turn(), got {type(plan).__name__}")
+        from engine.option_checks import check_flag, check_option
         from engine.sampling import make_sampler
 
         sampler = make_sampler(temperature, top_k)
+        stream, reuse_cache = check_flag("stream", stream), check_flag("reuse_cache", reuse_cache)
+        watermark = check_flag("watermark", watermark)
+        streaming_interval = check_option("streaming_interval", streaming_interval)
         chunk_frames = chunk_frames_for(streaming_interval) if stream else 0
         return self._generate([plan], sampler=sampler, seed=_check_seed(seed), stream=stream,
                               chunk_frames=chunk_frames, reuse_cache=reuse_cache,
@@ -367,6 +386,10 @@ class CSMModel:
         segments need codes (see `with_codes`); `reference` is a voice prompt (see `voice_prompt`).
         Raises ContextTooLongError when the prompt and the frame cap do not fit the positions.
         Generate it with `generate_turn`."""
+        from engine.option_checks import check_option
+
+        speaker = check_option("speaker", speaker)
+        max_audio_length_ms = check_option("max_audio_length_ms", max_audio_length_ms)
         spoken = self.spoken_text(text, normalize)
         tokens, mask = self._build_prompt(spoken, speaker, context, reference, voice_match)
         frames, reason = frame_cap(spoken, max_audio_length_ms)
@@ -474,12 +497,11 @@ class TurnPlan:
 
 
 def _check_seed(seed) -> int:
-    """A seed for a call: None draws one (reported with every result)."""
-    if seed is None:
-        return secrets.randbelow(2**31)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative int or None, got {seed!r}")
-    return int(seed)
+    """A seed for a call (engine.option_checks): None draws one (reported with every result)."""
+    from engine.option_checks import check_option
+
+    seed = check_option("seed", seed)
+    return secrets.randbelow(2**31) if seed is None else seed
 
 
 def _as_audio(audio) -> np.ndarray:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from .errors import InputError
 
 DECODABLE_CODES = 2048  # Mimi codebook size: ids >= this cannot be decoded
 
@@ -44,8 +43,8 @@ class Sampler:
 
 def make_sampler(temperature: float = 0.9, top_k: int = 50, suppress_undecodable: bool = True) -> Sampler:
     """A sampler for every codebook. temperature 0 -> greedy; top_k <= 0 or >= V -> no top-k."""
-    if temperature is None or temperature < 0:
-        raise InputError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is None or int(top_k) != top_k:
-        raise InputError(f"top_k must be a whole number (0 turns top-k off), got {top_k}")
-    return Sampler(float(temperature), int(top_k), bool(suppress_undecodable))
+    from .option_checks import check_option
+
+    temperature = check_option("temperature", temperature)
+    top_k = check_option("top_k", top_k)
+    return Sampler(temperature, top_k, bool(suppress_undecodable))

@@ -37,6 +37,12 @@ from engine.constants import SAMPLE_RATE, csm_home
 PRESET_REPO = "sesame/csm-1b"
 SHORT_CLIP_SECONDS = 2.0
 LONG_CLIP_SECONDS = 30.0
+# A voice (a registered one, or a clip to clone) may be at most this long, and its transcript at
+# most this many characters: 30 s is 375 of the backbone's 2048 positions, so two pinned voices and
+# a long line always fit. Longer clips are refused (trimming would cut the clip away from its
+# transcript).
+MAX_VOICE_SECONDS = LONG_CLIP_SECONDS
+MAX_VOICE_TEXT_CHARS = 1000
 
 # Transcripts of the clips sesame/csm-1b ships as prompts/conversational_{a,b}.wav, as Sesame's
 # reference script (run_csm.py) gives them.
@@ -81,6 +87,37 @@ def clip_warnings(audio, sample_rate: int = SAMPLE_RATE, what: str = "The voice 
             "pace of the new speech and use much of the context. 8-12 s works best."
         ]
     return []
+
+
+def check_voice_clip(audio, text: str | None = None, *, what: str = "The voice clip",
+                     sample_rate: int = SAMPLE_RATE) -> None:
+    """Refuse a clip that cannot serve as a voice: over MAX_VOICE_SECONDS, or a transcript over
+    MAX_VOICE_TEXT_CHARS (VoiceError saying what to do)."""
+    seconds = len(audio) / float(sample_rate)
+    if seconds > MAX_VOICE_SECONDS:
+        raise VoiceError(
+            f"{what} is {seconds:.1f} s long; a voice may be at most {MAX_VOICE_SECONDS:.0f} s "
+            "(it is part of every prompt, and the model sees 2048 positions, 164 s, in all). "
+            "Cut it to 8-12 s of clear speech, with the transcript of just that part."
+        )
+    if text is not None and len(text) > MAX_VOICE_TEXT_CHARS:
+        raise VoiceError(
+            f"The transcript for {what[0].lower() + what[1:]} has {len(text)} characters; at most "
+            f"{MAX_VOICE_TEXT_CHARS} are accepted. A voice clip should be 8-12 s of speech."
+        )
+
+
+def check_voice_file(path, *, what: str = "The voice clip", name: str | None = None) -> None:
+    """Refuse a voice clip file that is too long from its header, before decoding it."""
+    from engine.audio import probe_audio
+
+    info = probe_audio(path, name=name)  # AudioError when it is not audio
+    seconds = float(info.frames) / float(info.samplerate)
+    if seconds > MAX_VOICE_SECONDS + 0.5:  # the exact bound is checked on the decoded samples
+        raise VoiceError(
+            f"{what} is {seconds:.1f} s long; a voice may be at most {MAX_VOICE_SECONDS:.0f} s. "
+            "Cut it to 8-12 s of clear speech, with the transcript of just that part."
+        )
 
 
 @attrs.frozen(eq=False, repr=False)
@@ -281,8 +318,9 @@ class VoiceLibrary:
                  speaker: int | None = None, overwrite: bool = False) -> Voice:
         """Save a clip (path or array; resampled to 24 kHz mono) and its transcript as `name`.
 
-        `sample_rate` is the rate of an array clip (default 24000). Clips under 2 s or over 30 s
-        are accepted with a warning. An existing registered voice is replaced only with
+        `sample_rate` is the rate of an array clip (default 24000). Clips under 2 s are accepted
+        with a warning; clips over MAX_VOICE_SECONDS (30 s) are refused (VoiceError), so a
+        registered voice always fits the context. An existing registered voice is replaced only with
         `overwrite=True`; preset names cannot be taken.
         """
         from engine.audio import load_audio, save_audio
@@ -300,11 +338,15 @@ class VoiceLibrary:
         wav = self.user_dir / f"{name}.wav"
         if wav.exists() and not overwrite:
             raise VoiceError(
-                f"A voice named {name!r} is already registered ({wav}); remove it first or pass "
-                "overwrite=True."
+                f"A voice named {name!r} is already registered; replace it with overwrite=True "
+                f"(csm voices add --overwrite), or remove it first (csm voices remove {name})."
             )
+        what = f"The clip for voice {name!r}"
+        if isinstance(audio, (str, os.PathLike)):
+            check_voice_file(audio, what=what)
         samples = load_audio(audio, sample_rate)
-        for message in clip_warnings(samples, SAMPLE_RATE, f"The clip for voice {name!r}"):
+        check_voice_clip(samples, text.strip(), what=what)
+        for message in clip_warnings(samples, SAMPLE_RATE, what):
             warnings.warn(message, UserWarning, stacklevel=2)
 
         self.user_dir.mkdir(parents=True, exist_ok=True)

@@ -232,7 +232,7 @@ def test_say_stream_stores_when_complete(tmp_path, model):
 
 
 def test_pruning_keeps_going_and_never_drops_pinned(tmp_path, model):
-    conv = open_conv(tmp_path, model, context_limit=0)
+    conv = open_conv(tmp_path, model)  # the full context while the voices are pinned
     conv.set_voice(0, "conversational_a")
     conv.set_voice(1, "conversational_b")
     voices = conv.voices

@@ -211,11 +211,17 @@ def test_reference_clip_clones_from_a_path_or_an_array(tiny_model, tmp_path):
     assert from_path.prompt_tokens != run(tiny_model)[0].prompt_tokens  # not the default voice
 
 
-def test_short_and_long_reference_clips_warn(tiny_model):
+def test_short_reference_clips_warn_and_long_ones_are_refused(tiny_model, tmp_path):
+    from engine.errors import VoiceError
+
     with pytest.warns(UserWarning, match="only 1.0 s"):
         tiny_model.voice_prompt(ref_audio=noise(1.0), ref_text="Short.")
-    with pytest.warns(UserWarning, match="over 30 s"):
+    with pytest.raises(VoiceError, match="31.0 s long; a voice may be at most 30 s"):
         tiny_model.voice_prompt(ref_audio=noise(31.0), ref_text="Long.")
+    path = tmp_path / "long.wav"
+    sf.write(path, noise(180.0), SR)
+    with pytest.raises(VoiceError, match="180.0 s long; a voice may be at most 30 s"):  # from the header
+        tiny_model.voice_prompt(ref_audio=str(path), ref_text="Long.")
 
 
 def test_registered_voice_works_like_a_preset(tiny_model):

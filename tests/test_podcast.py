@@ -165,7 +165,7 @@ BAD_SCRIPTS = {
           temperature: warm
         lines:
           - alice: hi
-    """, 3, "`temperature` must be a number"),
+    """, 3, "`temperature` must be a finite number from 0 to 5"),
     "bad integer": ("""
         speakers: {alice: conversational_a}
         lines:
@@ -177,7 +177,36 @@ BAD_SCRIPTS = {
         lines:
           - alice: hi
             pause: -1
-    """, 4, "`pause` must be at least 0"),
+    """, 4, "`pause` must be a finite number from 0 to 60 (seconds), got -1"),
+    "pause is not a number": ("""
+        speakers: {alice: conversational_a}
+        lines:
+          - alice: hi
+            pause: .nan
+    """, 4, "`pause` must be a finite number from 0 to 60 (seconds), got nan"),
+    "absurd pause": ("""
+        speakers: {alice: conversational_a}
+        defaults: {pause: 100000}
+        lines:
+          - alice: hi
+    """, 2, "`pause` must be a finite number from 0 to 60"),
+    "huge seed": ("""
+        speakers: {alice: conversational_a}
+        defaults: {seed: 99999999999999999999999}
+        lines:
+          - alice: hi
+    """, 2, "`seed` must be a whole number from 0 to 4294967295"),
+    "infinite max_audio_length_ms": ("""
+        speakers: {alice: conversational_a}
+        lines:
+          - alice: {text: hi, max_audio_length_ms: .inf}
+    """, 3, "`max_audio_length_ms` must be a finite number from 80 to 163840"),
+    "huge speaker id": ("""
+        speakers:
+          alice: {id: 99999999999999999999, voice: conversational_a}
+        lines:
+          - alice: hi
+    """, 2, "`id` must be a whole number from 0 to 1023"),
     "unknown key in defaults": ("""
         speakers: {alice: conversational_a}
         defaults:

@@ -273,7 +273,7 @@ def test_bad_speech_requests_get_openai_errors(server):
     _assert_error(_speech(server, speed=1.5), 400, param="speed")
     _assert_error(_speech(server, instructions="whisper"), 400, param="instructions")
     _assert_error(_speech(server, temperature=-1), 400, param="temperature")
-    _assert_error(_speech(server, top_k=0), 400, param="top_k")
+    _assert_error(_speech(server, top_k=-1), 400, param="top_k")  # 0 = all codes, as in the CLI
     _assert_error(_speech(server, max_audio_length_ms=0), 400, param="max_audio_length_ms")
     _assert_error(_speech(server, temprature=0.5), 400, param="temprature")  # typo: not ignored
     _assert_error(_speech(server, stream=False, stream_format="audio"), 400)

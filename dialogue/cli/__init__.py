@@ -14,6 +14,9 @@ import click
 @click.version_option(package_name="csm-mlx-engine")
 def main() -> None:
     """Sesame CSM-1B speech on MLX: speak, clone, stream, converse, script podcasts."""
+    from .notices import install
+
+    install()  # one warning format for every command
 
 
 def _register_commands() -> None:

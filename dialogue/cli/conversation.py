@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import click
-from engine.constants import DEFAULT_MODEL
+
+from .option_types import OptionType, model_option
 
 from .database import Database
 
@@ -58,20 +59,22 @@ def _read_only(db):
 @click.option("--db", type=Database(), required=True,
               help="SQLite file of the conversation (created if missing), or a postgresql:// URL.")
 @click.option("--session", default="default", show_default=True, help="Session name in the database.")
-@click.option("--speaker", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--speaker", type=OptionType("speaker"), default=0, show_default=True,
               help="Who speaks this turn (0, 1, ...).")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model: a Hugging Face id, a local folder, or tiny-random.")
+@model_option()
 @click.option("--voice", help="Pin this preset/registered voice for the speaker (kept for later turns).")
 @click.option("--ref_audio", "--ref-audio", "ref_audio", type=click.Path(exists=True, dir_okay=False),
               help="Pin a voice from this clip for the speaker (needs --ref_text).")
 @click.option("--ref_text", "--ref-text", "ref_text", help="The words spoken in --ref_audio.")
-@click.option("--temperature", type=float, default=0.9, show_default=True)
-@click.option("--top_k", "--top-k", "top_k", type=int, default=50, show_default=True)
-@click.option("--seed", type=int, help="Sampling seed (default: a random one, stored with the turn).")
-@click.option("--max_audio_length_ms", "--max-audio-length-ms", "max_audio_length_ms", type=float,
+@click.option("--temperature", type=OptionType("temperature"), default=0.9, show_default=True,
+              help="Sampling temperature (0: greedy).")
+@click.option("--top_k", "--top-k", "top_k", type=OptionType("top_k"), default=50, show_default=True,
+              help="Sample among the k most likely codes (0: all).")
+@click.option("--seed", type=OptionType("seed"), help="Sampling seed (default: a random one, stored with the turn).")
+@click.option("--max_audio_length_ms", "--max-audio-length-ms", "max_audio_length_ms",
+              type=OptionType("max_audio_length_ms"),
               default=90_000, show_default=True, help="Longest audio this turn may have.")
-@click.option("--context_limit", "--context-limit", "context_limit", type=int, hidden=True,
+@click.option("--context_limit", "--context-limit", "context_limit", type=click.IntRange(1, 1 << 20), hidden=True,
               help="Backbone positions a prompt may use (default: the model's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write this turn's audio here (WAV or FLAC by extension).")
@@ -83,23 +86,49 @@ def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperatu
     TEXT may also come on stdin.
     """
     if text is None or text == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise click.UsageError("give the text to say (an argument or on stdin)")
         text = sys.stdin.read()
     if not text.strip():
         raise click.UsageError("give the text to say (an argument or on stdin)")
+    if ref_text is not None and ref_audio is None:
+        raise click.UsageError("--ref_text needs --ref_audio, the clip whose words it gives")
+    if ref_audio is not None and not (ref_text or "").strip():
+        raise click.UsageError("--ref_audio needs --ref_text, the words spoken in the clip")
+    if voice is not None and ref_audio is not None:
+        raise click.UsageError("give either --voice or --ref_audio with --ref_text, not both")
     with _user_errors():
+        # Everything that can be checked is checked before the model loads and before anything
+        # is stored: the output, the clip, the voice.
+        if output is not None:
+            from engine.audio import check_output_path
+
+            check_output_path(output)
+        if ref_audio is not None:
+            from engine.audio import load_audio
+            from engine.voices import check_voice_clip, check_voice_file
+
+            check_voice_file(ref_audio, what="The reference clip")
+            check_voice_clip(load_audio(ref_audio), ref_text.strip(), what="The reference clip")
         from engine import load_model
 
-        conv = _open(db, session, load_model(model), context_limit=context_limit)
-        with conv:
+        csm = load_model(model)
+        if voice is not None:
+            if csm.voices is None:
+                raise click.UsageError(f"this model has no voices, so --voice {voice} is unknown")
+            csm.voices.get(voice)  # VoiceError listing the known voices
+        conv = _open(db, session, csm, context_limit=context_limit)
+        # A failed turn stores nothing: not the turn, not the voice pinned for it, not the session.
+        with conv, conv.undo_on_error():
             if voice is not None or ref_audio is not None:
                 conv.set_voice(speaker, voice=voice, ref_audio=ref_audio, ref_text=ref_text)
             segment = conv.say(speaker, text, temperature=temperature, top_k=top_k, seed=seed,
                                max_audio_length_ms=max_audio_length_ms)
             turn = conv.turns[-1]
-        if output is not None:
-            from engine.audio import save_audio
+            if output is not None:
+                from engine.audio import save_audio
 
-            save_audio(output, segment.audio)
+                save_audio(output, segment.audio)
     timing = turn.timing
     click.echo(
         f"{session} turn {turn.index} (speaker {speaker}): {segment.duration or 0:.2f} s audio, "
@@ -117,10 +146,9 @@ def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperatu
 @click.option("--session", default="default", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Audio file to write (WAV or FLAC by extension).")
-@click.option("--pause", type=float, default=0.0, show_default=True,
+@click.option("--pause", type=OptionType("pause"), default=0.0, show_default=True,
               help="Seconds of silence between turns.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Only loaded when a turn has no stored audio and must be decoded from its codes.")
+@model_option("Only loaded when a turn has no stored audio and must be decoded from its codes.")
 def replay(db, session, output, pause, model):
     """Write every turn of a stored session, in order, to one audio file."""
     _export_audio(db, session, output, pause, model)
@@ -178,10 +206,9 @@ def show_session(db, session):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help=".wav/.flac: the audio of every turn; .json: the transcript with each turn's "
                    "parameters, seed and timings.")
-@click.option("--pause", type=float, default=0.0, show_default=True,
+@click.option("--pause", type=OptionType("pause"), default=0.0, show_default=True,
               help="Seconds of silence between turns (audio only).")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Only loaded when a turn has no stored audio and must be decoded from its codes.")
+@model_option("Only loaded when a turn has no stored audio and must be decoded from its codes.")
 def export_session(db, session, output, pause, model):
     """Export SESSION as audio (WAV/FLAC) or as a JSON transcript."""
     if output.suffix.lower() == ".json":
@@ -200,8 +227,8 @@ def delete_session(db, session, yes):
 
     with _user_errors(), Store(db) as store:
         info = store.session(session)
-        if not yes:
-            click.confirm(f"Delete session {session!r} ({info.turns} turns)?", abort=True)
+        if not yes and not _confirmed(f"Delete session {session!r} ({info.turns} turns)?"):
+            raise click.ClickException(f"session {session!r} was not deleted")
         store.delete_session(session)
     click.echo(f"deleted session {session} ({info.turns} turns)")
 
@@ -240,6 +267,15 @@ def copy_sessions(source, target, names, replace, skip_existing, voices):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; with no answer to read (no terminal, stdin closed) say to use --yes."""
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        raise click.UsageError("there is no answer to read (no terminal on stdin): add --yes to "
+                               "confirm") from None
 
 
 def _export_audio(db: Path, session: str, output: Path, pause: float, model: str) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import click
 
+from .option_types import model_option
+
 
 @click.command("convert")
-@click.option("--model", "-m", default="sesame/csm-1b", show_default=True, help="Model name or folder to convert.")
+@model_option("Model name or folder to convert.", "--model", "-m")
 @click.option("--quantize", "-q", "bits", type=click.Choice(["8", "6", "5", "4", "3", "2"]), required=True,
               help="Bits per weight (MLX affine quantization; 8 and 4 are the usual choices).")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,

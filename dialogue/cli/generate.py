@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import click
-from engine.constants import DEFAULT_MODEL
+
+from .option_types import OptionType, model_option
 
 NO_VOICE = "none"
 
 
-def _clean_warnings() -> None:
-    """Warnings as one line each ("warning: ..."), not file:line dumps."""
-    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 class _FrameBar:
@@ -45,22 +42,32 @@ class _FrameBar:
 
 
 class _Player:
-    """Plays audio chunks as they arrive through sounddevice, if it can."""
+    """Plays audio chunks as they arrive through sounddevice. Opened before any work is done.
+    Without a sound device: when the audio is also written to a file (-o), a warning and no
+    playing; when playing was the only output, a clear error at once, rather than generating
+    audio nobody hears."""
 
-    def __init__(self, sample_rate: int):
+    def __init__(self, sample_rate: int, only_output: bool):
         self.stream = None
         try:
             import sounddevice
-        except Exception:  # ImportError, or OSError when PortAudio is missing
-            click.echo("warning: --play needs the `sounddevice` package (and PortAudio): "
-                       "pip install 'csm-mlx-engine[play]'. Not playing.", err=True)
+        except Exception as error:  # ImportError, or OSError when PortAudio is missing
+            self._unavailable(f"--play needs the `sounddevice` package and PortAudio ({error}): "
+                              "pip install 'csm-mlx-engine[play]'", only_output)
             return
         try:
             self.stream = sounddevice.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
             self.stream.start()
         except Exception as error:
-            click.echo(f"warning: cannot open the sound device ({error}); not playing.", err=True)
             self.stream = None
+            self._unavailable(f"--play: cannot open a sound device ({error})", only_output)
+
+    @staticmethod
+    def _unavailable(reason: str, only_output: bool) -> None:
+        if only_output:
+            raise click.ClickException(f"{reason}. Nothing was generated; write the audio to a "
+                                       "file with -o out.wav instead.")
+        click.echo(f"warning: {reason}. Not playing; the audio is still written.", err=True)
 
     def play(self, audio) -> None:
         if self.stream is not None and len(audio):
@@ -81,25 +88,24 @@ def _read_text(text: str | None) -> str:
 
 
 @click.command("generate")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model: a Hugging Face id, a local folder, or tiny-random (offline, noise).")
+@model_option("Model: a Hugging Face id, a local folder, or tiny-random (offline, noise).")
 @click.option("--text", help="What to say (default: read from standard input).")
 @click.option("--voice", default="conversational_a", show_default=True,
               help="Voice preset or registered voice ('csm voices' lists them); 'none' for no voice prompt.")
 @click.option("--ref_audio", "--ref-audio", "ref_audio", type=click.Path(dir_okay=False),
               help="Clip of the voice to clone (WAV/FLAC/...; 8-12 s works best). Needs --ref_text.")
 @click.option("--ref_text", "--ref-text", "ref_text", help="Transcript of --ref_audio.")
-@click.option("--speaker", default=0, show_default=True, type=click.IntRange(min=0), help="Speaker id of the line.")
+@click.option("--speaker", default=0, show_default=True, type=OptionType("speaker"), help="Speaker id of the line.")
 @click.option("--max_audio_length_ms", "--max-audio-length-ms", "max_audio_length_ms", default=90_000.0,
-              show_default=True, type=click.FloatRange(min=80), help="Longest audio per utterance.")
-@click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(min=0),
+              show_default=True, type=OptionType("max_audio_length_ms"), help="Longest audio per utterance.")
+@click.option("--temperature", default=0.9, show_default=True, type=OptionType("temperature"),
               help="Sampling temperature (0: greedy).")
-@click.option("--top_k", "--top-k", "top_k", default=50, show_default=True, type=click.IntRange(min=0),
+@click.option("--top_k", "--top-k", "top_k", default=50, show_default=True, type=OptionType("top_k"),
               help="Sample among the k most likely codes (0: all).")
-@click.option("--seed", type=click.IntRange(min=0), help="Random seed (default: drawn and printed).")
+@click.option("--seed", type=OptionType("seed"), help="Random seed (default: drawn and printed).")
 @click.option("--stream", is_flag=True, help="Generate in chunks (played / written as they come).")
 @click.option("--streaming_interval", "--streaming-interval", "streaming_interval", default=0.5,
-              show_default=True, type=click.FloatRange(min=0.08), help="Seconds of audio per streamed chunk.")
+              show_default=True, type=OptionType("streaming_interval"), help="Seconds of audio per streamed chunk.")
 @click.option("--voice_match/--no-voice_match", "--voice-match/--no-voice-match", default=True,
               show_default=True, help="Continue the voice clip (on) or give it as a context turn (off).")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
@@ -111,28 +117,34 @@ def _read_text(text: str | None) -> str:
 def generate(model, text, voice, ref_audio, ref_text, speaker, max_audio_length_ms, temperature, top_k,
              seed, stream, streaming_interval, voice_match, normalize, play, output, quiet) -> None:
     """Speak a line of text with CSM and write it to a WAV/FLAC file (and/or play it)."""
-    _clean_warnings()
     text = _read_text(text)
     if output is None and not play:
         output = Path("output.wav")
     if output is not None and output.suffix.lower() not in (".wav", ".flac"):
         raise click.UsageError(f"--output must end in .wav or .flac, got {output.name}")
+    if ref_text is not None and ref_audio is None:
+        raise click.UsageError("--ref_text needs --ref_audio, the clip whose words it gives")
     voice = None if voice is not None and voice.lower() == NO_VOICE else voice
 
     import numpy as np
 
     from engine.errors import CSMError
 
+    if output is not None:  # before any work: a place that cannot be written fails now
+        from engine.audio import check_output_path
+
+        try:
+            check_output_path(output)
+        except CSMError as error:
+            raise click.ClickException(str(error)) from None
     bar = _FrameBar(enabled=not quiet)
-    player = None
+    player = _Player(24_000, only_output=output is None) if play else None  # before any work
     pieces: list[np.ndarray] = []
     results = []
     try:
         from engine import load_model
 
         csm = load_model(model)
-        if play:
-            player = _Player(csm.sample_rate)
         for result in csm.generate(
             text=text, voice=voice, speaker=speaker, ref_audio=ref_audio, ref_text=ref_text,
             stream=stream, streaming_interval=streaming_interval,
@@ -189,66 +201,87 @@ def _summary(results, audio, sample_rate: int, output: Path | None) -> str:
 
 
 def _library(model: str | None):
+    """(VoiceLibrary, note): the model's presets and the registered voices; when the model cannot
+    be found (not downloaded, offline), the registered voices alone and a note saying why."""
+    from engine.errors import CSMError
     from engine.voices import VoiceLibrary
 
     if model is None:
-        return VoiceLibrary(None)
+        return VoiceLibrary(None), None
     from engine.checkpoints import resolve_model
 
-    return VoiceLibrary(resolve_model(model))
+    try:
+        return VoiceLibrary(resolve_model(model)), None
+    except CSMError as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return VoiceLibrary(None), f"(the presets of {model} are not listed: {first})"
+    except Exception as error:  # the hub client's own errors (offline, gated, ...)
+        return VoiceLibrary(None), (f"(the presets of {model} are not listed: "
+                                    f"{type(error).__name__}: {error})")
 
 
 @click.group("voices", invoke_without_command=True)
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model whose presets to list (its prompts/ folder).")
+@model_option("Model whose presets to list (its prompts/ folder).")
 @click.pass_context
 def voices(ctx: click.Context, model: str) -> None:
     """List voice presets and registered voices; 'csm voices add' registers one."""
     if ctx.invoked_subcommand is not None:
         return
-    _clean_warnings()
     from engine.errors import CSMError
 
-    try:
-        library = _library(model)
-        names = library.names()
-        rows = []
-        for name in names:
+    library, note = _library(model)
+    rows = []
+    for name in library.names():
+        try:
             voice = library.get(name)
-            seconds = len(voice.audio) / 24_000 if getattr(voice, "audio", None) is not None else 0.0
-            kind = getattr(voice, "source", None) or getattr(voice, "kind", None) or ""
-            text = voice.text if len(voice.text) <= 60 else voice.text[:59] + "…"
-            rows.append((name, kind, f"{seconds:.1f} s", text))
-    except CSMError as error:
-        raise click.ClickException(str(error)) from None
+        except CSMError as error:  # one broken voice does not hide the others
+            rows.append((name, "broken", "", str(error).splitlines()[0][:60]))
+            continue
+        seconds = len(voice.audio) / 24_000 if getattr(voice, "audio", None) is not None else 0.0
+        kind = getattr(voice, "source", None) or ""
+        text = voice.text if len(voice.text) <= 60 else voice.text[:59] + "…"
+        rows.append((name, kind, f"{seconds:.1f} s", text))
     if not rows:
         click.echo("No voices. Register one with: csm voices add NAME --audio clip.wav --text \"...\"")
-        return
-    width = max(len(r[0]) for r in rows)
-    kind_width = max(len(r[1]) for r in rows)
-    for name, kind, seconds, text in rows:
-        click.echo(f"{name:<{width}}  {kind:<{kind_width}}  {seconds:>6}  {text}")
+    else:
+        width = max(len(r[0]) for r in rows)
+        kind_width = max(len(r[1]) for r in rows)
+        for name, kind, seconds, text in rows:
+            click.echo(f"{name:<{width}}  {kind:<{kind_width}}  {seconds:>6}  {text}")
+    if note:
+        click.echo(note, err=True)
 
 
 @voices.command("add")
 @click.argument("name")
-@click.option("--audio", required=True, type=click.Path(dir_okay=False), help="Clip of the voice (8-12 s is best).")
+@click.option("--audio", required=True, type=click.Path(dir_okay=False), help="Clip of the voice (8-12 s is best, 30 s at most).")
 @click.option("--text", required=True, help="Transcript of the clip.")
-@click.option("--speaker", type=click.IntRange(min=0), default=None, help="Speaker id to store with it.")
-def voices_add(name: str, audio: str, text: str, speaker: int | None) -> None:
+@click.option("--speaker", type=OptionType("speaker"), default=None, help="Speaker id to store with it.")
+@click.option("--overwrite", is_flag=True, help="Replace a registered voice of the same name.")
+def voices_add(name: str, audio: str, text: str, speaker: int | None, overwrite: bool) -> None:
     """Register a voice NAME from a clip and its transcript (usable as --voice NAME)."""
-    _clean_warnings()
-    from engine.audio import load_audio
     from engine.errors import CSMError
 
     try:
-        library = _library(None)
-        samples = load_audio(audio)
-        kwargs = {"speaker": speaker} if speaker is not None else {}
-        library.register(name, samples, text, **kwargs)
+        library, _ = _library(None)
+        voice = library.register(name, audio, text, speaker=speaker, overwrite=overwrite)
     except CSMError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"Registered voice {name!r} ({len(samples) / 24_000:.1f} s). Use it with --voice {name}.")
+    click.echo(f"Registered voice {name!r} ({voice.duration:.1f} s). Use it with --voice {name}.")
+
+
+@voices.command("remove")
+@click.argument("name")
+def voices_remove(name: str) -> None:
+    """Delete the registered voice NAME (presets cannot be removed)."""
+    from engine.errors import CSMError
+
+    try:
+        library, _ = _library(None)
+        library.remove(name)
+    except CSMError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Removed voice {name!r}.")
 
 
 def register(group: click.Group) -> None:

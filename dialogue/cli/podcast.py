@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .option_types import model_option
+
 
 @click.command("podcast")
 @click.argument("script", type=click.Path(dir_okay=False, path_type=Path))
@@ -14,8 +16,7 @@ import click
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite file holding the rendered lines (default: beside the output, show.db).")
 @click.option("--session", help="Session name in the database (default: the output's name).")
-@click.option("--model", default="sesame/csm-1b", show_default=True,
-              help="Model: a Hugging Face id, a local folder, or tiny-random.")
+@model_option()
 @click.option("--restart", is_flag=True, help="Forget what was rendered before and render every line.")
 @click.option("--check", is_flag=True, help="Only validate the script; load no model, generate nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -30,16 +31,34 @@ def podcast(script: Path, output: Path | None, db: Path | None, session: str | N
     """
     from engine.errors import CSMError
     from dialogue.podcast import load_script, render
+    from dialogue.podcast.preflight import script_problems
+
+    notes: list[str] = []
+
+    def preflight(parsed) -> list:  # all a render would refuse: voices, clips, room in the context
+        problems, found = script_problems(parsed, model_name=model)
+        notes.extend(found)
+        return problems
 
     try:
-        parsed = load_script(script)
+        parsed = load_script(script, check=preflight if check else None)
     except CSMError as error:
         raise click.ClickException(str(error)) from None
     if check:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(f"{script}: OK - '{parsed.title}', {len(parsed.speakers)} speakers, {len(parsed.lines)} lines")
         return
 
     output = output or script.with_suffix(".wav")
+    if output.suffix.lower() != ".wav":
+        raise click.UsageError(f"--output must end in .wav, got {output.name}")
+    try:  # before the model loads: an output that cannot be written fails now
+        from engine.audio import check_output_path
+
+        check_output_path(output)
+    except CSMError as error:
+        raise click.ClickException(str(error)) from None
     done: list[int] = []
     try:
         from engine import load_model

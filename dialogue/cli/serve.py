@@ -9,9 +9,9 @@ import ipaddress
 from pathlib import Path
 
 import click
-from engine.constants import DEFAULT_MODEL
 
 from .database import Database
+from .option_types import model_option
 
 
 def _is_loopback(host: str) -> bool:
@@ -23,9 +23,43 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+API_KEY_ENV = "CSM_API_KEY"
+
+
+def _api_key(given: str | None, key_file: Path | None) -> str | None:
+    """The one API key from --api-key, --api-key-file or $CSM_API_KEY (None: no authentication).
+    An empty key is refused: it would silently turn authentication off."""
+    import os
+
+    sources = []
+    if given is not None:
+        sources.append(("--api-key", given))
+    if key_file is not None:
+        try:
+            lines = key_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise click.UsageError(f"--api-key-file: cannot read {key_file}: {error}") from None
+        sources.append((f"--api-key-file {key_file}", lines[0] if lines else ""))
+    if API_KEY_ENV in os.environ:
+        sources.append((f"${API_KEY_ENV}", os.environ[API_KEY_ENV]))
+    if not sources:
+        return None
+    if len(sources) > 1 and len({value.strip() for _, value in sources}) > 1:
+        raise click.UsageError("the API key is given more than once, with different values ("
+                               + ", ".join(name for name, _ in sources) + "); give one")
+    name, key = sources[0]
+    key = key.strip()
+    if not key:
+        raise click.UsageError(f"the API key from {name} is empty, which would turn "
+                               "authentication off; give a key, or unset it for none")
+    if not key.isascii() or not key.isprintable() or " " in key:
+        raise click.UsageError(f"the API key from {name} must be printable ASCII without spaces "
+                               "(it travels in an HTTP header)")
+    return key
+
+
 @click.command("serve")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model: a Hugging Face id, a local folder, or tiny-random.")
+@model_option()
 @click.option("--db", type=Database(), default=None,
               help="SQLite file for sessions (created if missing), or a postgresql:// URL "
                    "(which also keeps uploaded voices). Without it, the session endpoints "
@@ -34,21 +68,27 @@ def _is_loopback(host: str) -> bool:
               help="Address to listen on. Anything but loopback exposes the server to the "
                    "network: set --api-key.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--max-queue", "--max_queue", "max_queue", type=click.IntRange(min=1), default=8,
+@click.option("--max-queue", "--max_queue", "max_queue", type=click.IntRange(1, 10_000), default=8,
               show_default=True,
               help="Generation requests that may wait; more get 503 with Retry-After.")
-@click.option("--max-upload-mb", "--max_upload_mb", "max_upload_mb", type=click.FloatRange(0.01),
+@click.option("--max-upload-mb", "--max_upload_mb", "max_upload_mb", type=click.FloatRange(0.01, 1024),
               default=16.0, show_default=True, help="Largest voice clip upload (413 above).")
-@click.option("--api-key", "--api_key", "api_key", envvar="CSM_API_KEY", default=None,
-              help="Require 'Authorization: Bearer KEY' (env CSM_API_KEY).")
+@click.option("--api-key", "--api_key", "api_key", default=None,
+              help="Require 'Authorization: Bearer KEY'. A key given here shows in `ps`: prefer "
+                   "--api-key-file or the environment variable CSM_API_KEY.")
+@click.option("--api-key-file", "--api_key_file", "api_key_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read the API key from this file (its first line).")
 @click.option("--log-level", "--log_level", "log_level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(model: str, db: Path | None, host: str, port: int, max_queue: int,
-          max_upload_mb: float, api_key: str | None, log_level: str) -> None:
+          max_upload_mb: float, api_key: str | None, api_key_file: Path | None,
+          log_level: str) -> None:
     """Serve speech over HTTP: OpenAI-compatible /v1/audio/speech plus sessions.
 
     One model is loaded; generation requests run one at a time in arrival order.
     """
+    api_key = _api_key(api_key, api_key_file)
     try:
         import uvicorn
 

@@ -86,6 +86,9 @@ def render(
         from engine import load_model
 
         model = load_model(str(model))
+    from .preflight import check_script
+
+    check_script(script, model)  # what `csm podcast --check` checks, before anything is stored
     voices = _check_voices(script, model)
 
     with Conversation.open(db, session=session, model=model) as conv:

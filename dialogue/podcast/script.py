@@ -118,8 +118,9 @@ class Script:
         return next(s for s in self.speakers if s.name == name)
 
 
-def load_script(path: str | Path) -> Script:
-    """Read and validate a YAML script; ScriptError lists every problem with its line."""
+def load_script(path: str | Path, *, check=None) -> Script:
+    """Read and validate a YAML script; ScriptError lists every problem with its line.
+    `check(script) -> [(line, message), ...]`: more problems to look for (see parse_script)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -127,7 +128,8 @@ def load_script(path: str | Path) -> Script:
         raise ScriptError(str(path), [(None, "the script file does not exist")]) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ScriptError(str(path), [(None, f"cannot read the script: {error}")]) from None
-    return parse_script(text, source=str(path), base_dir=path.parent, default_title=path.stem)
+    return parse_script(text, source=str(path), base_dir=path.parent, default_title=path.stem,
+                        check=check)
 
 
 def parse_script(
@@ -136,8 +138,13 @@ def parse_script(
     source: str = "<string>",
     base_dir: str | Path = ".",
     default_title: str = "Podcast",
+    check=None,
 ) -> Script:
-    """Validate YAML text as a script. Relative `ref_audio` paths are taken from `base_dir`."""
+    """Validate YAML text as a script. Relative `ref_audio` paths are taken from `base_dir`.
+
+    `check(script) -> [(line, message), ...]` looks for more problems (the voices exist, the lines
+    fit: dialogue.podcast.preflight); it runs on what could be read even when the script has
+    problems of its own, so every problem is reported at once."""
     problems = _Problems()
     try:
         root = compose(text)
@@ -153,15 +160,21 @@ def parse_script(
     speakers = _speakers(fields.get("speakers"), root, Path(base_dir), problems)
     defaults = _options(fields.get("defaults"), DEFAULT_KEYS, "defaults", problems)
     lines = _lines(fields.get("lines"), root, speakers, defaults, problems)
-    if problems:
-        raise ScriptError(source, problems.items)
-    return Script(
+    script = Script(
         title=title,
         speakers=tuple(speakers.values()),
         lines=tuple(lines),
         seed=defaults.get("seed"),
         source=source,
     )
+    if check is not None:
+        reported = set(problems.items)
+        for line, message in check(script):
+            if not any(l == line and "not found" in m for l, m in reported):  # said once
+                problems.add(line, message)
+    if problems:
+        raise ScriptError(source, problems.items)
+    return script
 
 
 class _Problems:
@@ -284,7 +297,7 @@ def _speaker_spec(name: str, spec: Node | None, where: Node, base_dir: Path, pro
         return out
     fields = _fields(spec, SPEAKER_KEYS, problems, f"speaker '{name}'")
     if "id" in fields:
-        out["id"] = _integer(fields["id"], "id", 0, problems)
+        out["id"] = _checked(fields["id"], "id", problems, option="speaker")
         out["id_node"] = fields["id"]
     if "voice" in fields:
         voice = scalar_text(fields["voice"])
@@ -354,28 +367,6 @@ def _assign_ids(parsed: list[tuple[str, Node, dict]], problems: _Problems) -> di
 # --- options -------------------------------------------------------------------------------------
 
 
-def _number(node: Node, key: str, minimum: float, problems: _Problems, *, above: bool = False) -> float | None:
-    value = scalar_value(node)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        problems.add(node, f"`{key}` must be a number, not {_shown(node)}")
-        return None
-    if value < minimum or (above and value == minimum):
-        problems.add(node, f"`{key}` must be {'above' if above else 'at least'} {minimum:g}, not {value:g}")
-        return None
-    return float(value)
-
-
-def _integer(node: Node, key: str, minimum: int, problems: _Problems) -> int | None:
-    value = scalar_value(node)
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.add(node, f"`{key}` must be a whole number, not {_shown(node)}")
-        return None
-    if value < minimum:
-        problems.add(node, f"`{key}` must be at least {minimum}, not {value}")
-        return None
-    return value
-
-
 def _shown(node: Node) -> str:
     if isinstance(node, MappingNode):
         return "a mapping"
@@ -385,20 +376,31 @@ def _shown(node: Node) -> str:
     return "nothing" if text is None else repr(text)
 
 
-_OPTION_CHECKS = {
-    "pause": lambda node, p: _number(node, "pause", 0.0, p),
-    "temperature": lambda node, p: _number(node, "temperature", 0.0, p),
-    "top_k": lambda node, p: _integer(node, "top_k", 1, p),
-    "seed": lambda node, p: _integer(node, "seed", 0, p),
-    "max_audio_length_ms": lambda node, p: _number(node, "max_audio_length_ms", 0.0, p, above=True),
-}
+def _checked(node: Node, key: str, problems: _Problems, option: str | None = None):
+    """The value of `node` checked as the option `option` (default `key`) exactly as the Python
+    API and the command line check it (engine.option_checks); None after reporting a problem."""
+    from engine.option_checks import OPTIONS
+
+    spec = OPTIONS[option or key]
+    value = scalar_value(node)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.add(node, f"`{key}` must be {spec.describe()}, not {_shown(node)}")
+        return None
+    try:
+        return spec.check(value, f"`{key}`")
+    except InputError as error:
+        problems.add(node, str(error))
+        return None
+
+
+_OPTION_KEYS_CHECKED = ("pause", "temperature", "top_k", "seed", "max_audio_length_ms")
 
 
 def _option_values(fields: dict[str, Node], problems: _Problems) -> dict:
     values = {}
     for key, node in fields.items():
-        if key in _OPTION_CHECKS:
-            value = _OPTION_CHECKS[key](node, problems)
+        if key in _OPTION_KEYS_CHECKED:
+            value = _checked(node, key, problems)
             if value is not None:
                 values[key] = value
     return values

@@ -19,6 +19,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from engine.errors import InputError
+from engine.option_checks import OPTIONS
+
 from .audio_formats import MEDIA_TYPES, check_format, encode_audio
 from .backend import Backend, spool_upload
 from .errors import APIError, install_error_handlers
@@ -69,6 +72,9 @@ def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
                max_queue: int = 8, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                api_key: str | None = None, loaded_model=None) -> FastAPI:
     """The server application. `loaded_model` skips loading (it must not be used elsewhere)."""
+    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+        raise InputError("the API key is empty, which would leave the server open to anyone: "
+                         "give a key, or pass api_key=None for no authentication")
     settings = ServerSettings(model=model, db=db, max_queue=max_queue,
                               max_upload_bytes=max_upload_bytes, api_key=api_key)
     state = ServerState(settings, model=loaded_model)
@@ -92,7 +98,7 @@ def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
                        limits={"/v1/voices": max_upload_bytes,
                                "/v1/audio/voices": max_upload_bytes},
                        upload_suffixes={"/recordings": max_upload_bytes})
-    if api_key:
+    if api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     _add_routes(app, state)
     add_web_page(app)
@@ -255,6 +261,15 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
              summary="Upload a voice clip and its transcript")(create_voice)
     app.post("/v1/audio/voices", status_code=201, include_in_schema=False)(create_voice)
 
+    @app.delete("/v1/voices/{name}", status_code=204, summary="Delete an uploaded voice")
+    async def delete_voice(name: str, request: Request) -> Response:
+        if not is_safe_name(name):
+            raise APIError(404, f"no uploaded voice {name!r}; GET /v1/voices lists them",
+                           param="name", code="voice_not_found")
+        await run_job_result(request, submit(
+            request, lambda job: [backend.remove_voice(name)], "delete voice"))
+        return Response(status_code=204)
+
     # -- sessions ----------------------------------------------------------------------------
     def store():
         if backend.store is None:
@@ -276,7 +291,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
     @app.post("/v1/sessions", status_code=201)
     async def create_session(body: SessionCreate, request: Request) -> dict:
         store()
-        name = body.id or f"session-{secrets.token_hex(4)}"
+        name = body.id if body.id is not None else f"session-{secrets.token_hex(4)}"
         check_name(name, "session", "id")
         await run_job_result(request, submit(
             request, lambda job: [backend.create_session(name, body.voices, body.meta)],
@@ -343,7 +358,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
                   "multipart/form-data": {"schema": {
                       "type": "object", "required": ["speaker", "transcript", "audio"],
                       "properties": {
-                          "speaker": {"type": "integer", "minimum": 0},
+                          "speaker": {"type": "integer", "minimum": 0, "maximum": 1023},
                           "transcript": {"type": "string"},
                           "audio": {"type": "string", "format": "binary"}}}}}}},
               summary="Add a recorded turn (someone's real speech) to the session")
@@ -351,12 +366,9 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         name = session_name(session_id)
         fields, data, suffix = await _read_clip_form(request, ("speaker",))
         try:
-            speaker = int(fields["speaker"])
-            if speaker < 0:
-                raise ValueError
-        except ValueError:
-            raise APIError(400, "speaker must be a whole number >= 0", param="speaker",
-                           code="invalid_value") from None
+            speaker = OPTIONS["speaker"].parse(fields["speaker"])
+        except InputError as error:
+            raise APIError(400, str(error), param="speaker", code="invalid_value") from None
         path = spool_upload(data, suffix)
         try:
             (turn,) = await run_job_result(request, submit(
@@ -375,9 +387,10 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         except ValueError as error:
             raise APIError(400, str(error), param="response_format",
                            code="unsupported_format") from None
-        if not 0.0 <= pause_s <= 10.0:
-            raise APIError(400, "pause_s must be between 0 and 10 seconds", param="pause_s",
-                           code="invalid_value")
+        try:
+            pause_s = OPTIONS["pause"].check(pause_s, "pause_s")
+        except InputError as error:
+            raise APIError(400, str(error), param="pause_s", code="invalid_value") from None
         (audio,) = await run_job_result(request, submit(
             request, lambda job: [backend.session_audio(name, pause_s)], "session audio"))
         return Response(encode_audio(audio, fmt), media_type=MEDIA_TYPES[fmt],

@@ -103,22 +103,37 @@ class Backend:
             raise APIError(404, f"unknown voice {name!r}; known voices: {', '.join(known) or 'none'}"
                            " (add one with POST /v1/voices)", param=param, code="voice_not_found")
 
-    def register_voice(self, name: str, audio_path: Path, transcript: str) -> dict:
-        """Validate the clip (real, readable audio) and register it under `name`."""
+    def register_voice(self, name: str, audio_path: Path, transcript: str,
+                       overwrite: bool = False) -> dict:
+        """Validate the clip (real, readable audio, at most a voice's length: checked from its
+        header before it is decoded) and register it under `name`."""
         import warnings
 
         from engine.audio import load_audio
         from engine.errors import AudioError
-        from engine.voices import clip_warnings
+        from engine.voices import check_voice_clip, check_voice_file, clip_warnings
 
+        check_voice_file(audio_path, what="The uploaded clip", name="the uploaded clip")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # quality notes are returned to the client instead
-            audio = load_audio(str(audio_path))  # AudioError for anything that is not audio
+            audio = load_audio(str(audio_path), name="the uploaded clip")
             if audio.size == 0 or not np.isfinite(audio).all():
                 raise AudioError("the uploaded clip has no usable samples; upload a recording")
+            check_voice_clip(audio, transcript, what="The uploaded clip")
             notes = clip_warnings(audio, 24_000, "The clip")
-            self.model.voices.register(name, audio, transcript)
+            self.model.voices.register(name, audio, transcript, overwrite=overwrite)
         return {"name": name, "duration_s": round(audio.size / 24_000, 3), "warnings": notes}
+
+    def remove_voice(self, name: str) -> None:
+        """Delete an uploaded voice: 404 when there is none of that name, 409 for a preset."""
+        library = self.model.voices
+        if name not in library.user_names():
+            if name in library.preset_names():
+                raise APIError(409, f"{name!r} is a preset voice; only uploaded voices can be "
+                               "deleted", param="name", code="voice_is_preset")
+            raise APIError(404, f"no uploaded voice {name!r}; GET /v1/voices lists them",
+                           param="name", code="voice_not_found")
+        library.remove(name)
 
     # -- one-off speech ----------------------------------------------------------------------
     # A request is always generated in streaming mode, chunked by its streaming_interval, whether
@@ -156,17 +171,26 @@ class Backend:
         return conv
 
     def create_session(self, session: str, voices: dict[int, str], meta: dict) -> None:
+        """Create the session with its pinned voices, all or nothing: everything is checked
+        first, and a voice that fails to pin removes the session again."""
+        from engine.option_checks import OPTIONS
+
         store = self._require_store()
         if store.has_session(session):
             raise APIError(409, f"session {session!r} already exists", param="id",
                            code="session_exists")
         for speaker, voice in voices.items():
+            OPTIONS["speaker"].check(speaker, "voices: a speaker id")
             self.check_voice(voice, param=f"voices.{speaker}")
         conv = self.conversation(session, create=True)
-        if meta:
-            store.update_session_meta(session, meta)
-        for speaker, voice in sorted(voices.items()):
-            conv.set_voice(speaker, voice=voice)
+        try:
+            with conv.undo_on_error():
+                store.open_session(session, meta=meta or None)
+                for speaker, voice in sorted(voices.items()):
+                    conv.set_voice(speaker, voice=voice)
+        except BaseException:
+            self._conversations.pop(session, None)
+            raise
 
     def pin_voice(self, session: str, speaker: int, voice: str) -> None:
         self.check_voice(voice)
@@ -199,8 +223,15 @@ class Backend:
         """A recorded turn (real speech and its transcript), Mimi-encoded once and stored."""
         from engine.audio import load_audio
 
+        from engine.audio import check_duration
+        from engine.option_checks import OPTIONS
+
         conv = self.conversation(session)
-        audio = load_audio(str(audio_path))  # AudioError for anything that is not audio
+        longest = OPTIONS["max_audio_length_ms"].maximum / 1000  # a longer turn can never fit
+        check_duration(audio_path, longest, what="The uploaded recording",
+                       name="the uploaded recording",
+                       hint=" (the model's whole context); upload a shorter turn")
+        audio = load_audio(str(audio_path), name="the uploaded recording")  # AudioError if not audio
         segment = conv.add(speaker, text, audio)
         turn = conv.turns[-1]
         return {"index": turn.index, "speaker": int(segment.speaker), "text": segment.text,

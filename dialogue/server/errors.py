@@ -7,6 +7,7 @@ large, 503 queue full (with Retry-After), 500 anything unexpected (logged, messa
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,8 +52,43 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def _server_paths() -> list[tuple[str, str]]:
+    """Folders of this machine that replies must not show, and what to say instead."""
+    import os
+    import tempfile
+
+    paths = [(tempfile.gettempdir(), "<temporary file>")]
+    try:
+        from engine.voices import default_user_dir
+
+        paths.append((str(default_user_dir()), "<voices>"))
+    except Exception:  # pragma: no cover - engine is part of this distribution
+        pass
+    home = os.path.expanduser("~")
+    if home not in ("", "/"):
+        paths.append((home, "~"))
+    return paths
+
+
+def scrub_paths(message: str) -> str:
+    """`message` with the server's own file paths (temporary uploads, the voices folder, the
+    home folder) replaced by placeholders: an error reply must not reveal them."""
+    for folder, placeholder in _server_paths():
+        if folder and len(folder) > 1:
+            message = re.sub(re.escape(folder.rstrip("/")) + r"(/[^\s'\"),;]*)?", placeholder,
+                             message)
+    return message
+
+
 def as_api_error(error: BaseException) -> APIError:
-    """Map any exception (engine, storage, worker, ours) onto the status and code to send."""
+    """Map any exception (engine, storage, worker, ours) onto the status and code to send, its
+    message with the server's own paths left out."""
+    mapped = _as_api_error(error)
+    mapped.message = scrub_paths(mapped.message)
+    return mapped
+
+
+def _as_api_error(error: BaseException) -> APIError:
     if isinstance(error, APIError):
         return error
     if isinstance(error, QueueFull):
@@ -102,6 +138,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
                                                                       "form")]
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
+    if first.get("type") == "value_error" and message.startswith("Value error, "):
+        message = message[len("Value error, "):]  # our own checks' messages, as they are
     if first.get("type") == "json_invalid":
         message = "the request body is not valid JSON"
         param = None

@@ -3,11 +3,28 @@ fields (the openai client sends them with `extra_body={...}`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from engine.option_checks import OPTIONS
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input`
+
+
+def _checked(name: str):
+    """The option `name` checked by engine.option_checks, as the CLI, the Python API and podcast
+    scripts check it (an InputError is a ValueError: pydantic reports it as a 400 for the field)."""
+    return BeforeValidator(lambda value: OPTIONS[name].check(value))
+
+
+Temperature = Annotated[float, _checked("temperature")]
+TopK = Annotated[int, _checked("top_k")]
+Seed = Annotated[int | None, _checked("seed")]
+MaxAudioLength = Annotated[float | None, BeforeValidator(
+    lambda value: None if value is None else OPTIONS["max_audio_length_ms"].check(value))]
+StreamingInterval = Annotated[float, _checked("streaming_interval")]
+SpeakerId = Annotated[int, _checked("speaker")]
 
 
 class GenerationOptions(BaseModel):
@@ -15,13 +32,11 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float = Field(0.9, ge=0.0, le=5.0, description="0 = greedy")
-    top_k: int = Field(50, ge=1, le=2051)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1,
-                             description="same seed, same audio; omitted = drawn and reported")
-    max_audio_length_ms: float | None = Field(None, gt=0, le=600_000)
-    streaming_interval: float = Field(0.5, gt=0.0, le=30.0,
-                                      description="seconds of audio per streamed chunk")
+    temperature: Temperature = Field(0.9, description="0 = greedy")
+    top_k: TopK = Field(50, description="0 = all codes")
+    seed: Seed = Field(None, description="same seed, same audio; omitted = drawn and reported")
+    max_audio_length_ms: MaxAudioLength = Field(None, description="the longest the audio may run")
+    streaming_interval: StreamingInterval = Field(0.5, description="seconds of audio per streamed chunk")
     response_format: str = "mp3"
     stream_format: Literal["audio", "sse"] | None = None
     stream: bool = Field(True, description="false: one complete file with its exact length")
@@ -47,7 +62,7 @@ class SpeechRequest(GenerationOptions):
     voice: str | dict[str, Any] | None = None
     instructions: str | None = None
     speed: float = 1.0
-    speaker: int = Field(0, ge=0, le=1023)
+    speaker: SpeakerId = 0
 
     @field_validator("input")
     @classmethod
@@ -69,7 +84,7 @@ class SpeechRequest(GenerationOptions):
 class TurnRequest(GenerationOptions):
     """POST /v1/sessions/{id}/turns: the next turn of a stored conversation."""
 
-    speaker: int = Field(..., ge=0, le=1023)
+    speaker: SpeakerId
     input: str = Field(..., min_length=1, max_length=MAX_INPUT_CHARS)
     response_format: str = "wav"
 
@@ -91,11 +106,18 @@ class SessionCreate(BaseModel):
                                    description="voice pinned per speaker, e.g. {\"0\": \"conversational_a\"}")
     meta: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("voices")
+    @classmethod
+    def _speaker_ids(cls, voices: dict[int, str]) -> dict[int, str]:
+        for speaker in voices:
+            OPTIONS["speaker"].check(speaker, "voices: a speaker id")
+        return voices
+
 
 class VoicePin(BaseModel):
     """POST /v1/sessions/{id}/voices: pin a voice for a speaker of the session."""
 
     model_config = ConfigDict(extra="forbid")
 
-    speaker: int = Field(..., ge=0, le=1023)
+    speaker: SpeakerId
     voice: str

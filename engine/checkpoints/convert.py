@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from engine.errors import InputError
-from engine.quantize import DEFAULT_GROUP_SIZE, check_bits, quantize_csm
+from engine.quantize import DEFAULT_GROUP_SIZE, check_bits, quantize_csm, quantized_paths
 
 from .load import load_csm
 from .resolve import resolve_model
@@ -38,8 +38,12 @@ def write_quantized_model(source, out, bits: int, group_size: int = DEFAULT_GROU
         raise InputError("the output folder must differ from the source model folder")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty: choose a new folder")
+    _refuse_quantized(_read_config(Path(src)).get("quantization")
+                      or _read_config(Path(src)).get("quantization_config"), src)
     progress(f"loading {src}")
     model = load_csm(src)
+    if quantized_paths(model):  # quantized weights whatever the config says
+        _refuse_quantized({}, src)
     progress(f"quantizing to {bits} bits (group size {group_size})")
     entry = quantize_csm(model, bits, group_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,6 +56,17 @@ def write_quantized_model(source, out, bits: int, group_size: int = DEFAULT_GROU
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     progress(f"wrote {out}")
     return out
+
+
+def _refuse_quantized(entry, src) -> None:
+    """A quantized model is not quantized again: its layers would keep their old bits while the
+    new config claimed others (and re-quantizing quantized weights compounds the error)."""
+    if entry is None:
+        return
+    bits = f" to {entry['bits']} bits" if isinstance(entry, dict) and "bits" in entry else ""
+    raise InputError(f"the model at {src} is already quantized{bits}; convert the float model it "
+                     "was made from instead (e.g. csm convert --model sesame/csm-1b --quantize 4 "
+                     "-o csm-1b-4bit)")
 
 
 def _read_config(folder: Path) -> dict:

@@ -26,6 +26,8 @@ from engine.csm import CSMConfig, llama_1b, llama_100m
 from engine.errors import WeightsError
 from engine.llama import LlamaArgs
 
+from .sanity import check_config, real, whole
+
 SESAME_FLAVORS = {"llama-1B": llama_1b, "llama-100M": llama_100m}
 
 
@@ -61,10 +63,10 @@ def config_form(config: dict) -> str:
 def _hf_rope(cfg: dict, where: str) -> tuple[float, dict | None]:
     params = cfg.get("rope_parameters")
     if params:
-        theta = float(params.get("rope_theta", cfg.get("rope_theta", 500000.0)))
+        theta = real(params.get("rope_theta", cfg.get("rope_theta", 500000.0)), "rope_theta", where)
         scaling = params
     else:
-        theta = float(cfg.get("rope_theta", 500000.0))
+        theta = real(cfg.get("rope_theta", 500000.0), "rope_theta", where)
         scaling = cfg.get("rope_scaling")
     if not scaling:
         return theta, None
@@ -82,15 +84,24 @@ def _hf_rope(cfg: dict, where: str) -> tuple[float, dict | None]:
 
 def _hf_llama_args(cfg: dict, where: str) -> LlamaArgs:
     try:
-        heads = int(cfg["num_attention_heads"])
+        def field(name, default=None):
+            value = cfg[name] if default is None else cfg.get(name, default)
+            return whole(value, f"{prefix}{name}")
+
+        prefix = "" if where == "config.json" else "depth_decoder_config."
+        heads = field("num_attention_heads")
+        if heads < 1:
+            raise WeightsError(f"config.json: {prefix}num_attention_heads is {heads}; it must be "
+                               "at least 1")
         theta, scaling = _hf_rope(cfg, where)
         return LlamaArgs(
-            dim=int(cfg["hidden_size"]), n_layers=int(cfg["num_hidden_layers"]), n_heads=heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
-            hidden_dim=int(cfg["intermediate_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            dim=field("hidden_size"), n_layers=field("num_hidden_layers"), n_heads=heads,
+            n_kv_heads=whole(cfg.get("num_key_value_heads") or heads, f"{prefix}num_key_value_heads"),
+            head_dim=whole(cfg.get("head_dim") or field("hidden_size") // heads, f"{prefix}head_dim"),
+            hidden_dim=field("intermediate_size"),
+            norm_eps=real(cfg.get("rms_norm_eps", 1e-5), f"{prefix}rms_norm_eps"),
             rope_theta=theta, rope_scaling=scaling,
-            max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+            max_seq_len=field("max_position_embeddings", 2048),
         )
     except KeyError as err:
         raise WeightsError(f"{where} lacks {err}") from err
@@ -99,12 +110,12 @@ def _hf_llama_args(cfg: dict, where: str) -> LlamaArgs:
 def _transformers_config(config: dict) -> CSMConfig:
     backbone = _hf_llama_args(config, "config.json")
     decoder = _hf_llama_args(config.get("depth_decoder_config") or {}, "config.json depth_decoder_config")
-    decoder.max_seq_len = max(decoder.max_seq_len, int(config.get("num_codebooks", 32)))
+    decoder.max_seq_len = max(decoder.max_seq_len, whole(config.get("num_codebooks", 32), "num_codebooks"))
     return CSMConfig(
         backbone=backbone, decoder=decoder,
-        text_vocab_size=int(config.get("text_vocab_size", 128256)),
-        audio_vocab_size=int(config.get("vocab_size", 2051)),
-        audio_num_codebooks=int(config.get("num_codebooks", 32)),
+        text_vocab_size=whole(config.get("text_vocab_size", 128256), "text_vocab_size"),
+        audio_vocab_size=whole(config.get("vocab_size", 2051), "vocab_size"),
+        audio_num_codebooks=whole(config.get("num_codebooks", 32), "num_codebooks"),
         max_seq_len=backbone.max_seq_len,
     )
 
@@ -128,16 +139,23 @@ def _sesame_config(config: dict) -> CSMConfig:
     decoder = _flavor_args(config, "decoder")
     return CSMConfig(
         backbone=backbone, decoder=decoder,
-        text_vocab_size=int(config.get("text_vocab_size", 128256)),
-        audio_vocab_size=int(config.get("audio_vocab_size", 2051)),
-        audio_num_codebooks=int(config.get("audio_num_codebooks", 32)),
+        text_vocab_size=whole(config.get("text_vocab_size", 128256), "text_vocab_size"),
+        audio_vocab_size=whole(config.get("audio_vocab_size", 2051), "audio_vocab_size"),
+        audio_num_codebooks=whole(config.get("audio_num_codebooks", 32), "audio_num_codebooks"),
         max_seq_len=backbone.max_seq_len,
     )
 
 
 def csm_config_from(config: dict) -> CSMConfig:
-    """Our hyperparameters from either form of config.json."""
-    return _transformers_config(config) if config_form(config) == "transformers" else _sesame_config(config)
+    """Our hyperparameters from either form of config.json, each within sane bounds (sanity.py:
+    WeightsError naming the field otherwise)."""
+    named = config_form(config) == "transformers"
+    try:
+        built = _transformers_config(config) if named else _sesame_config(config)
+    except (TypeError, ValueError, AttributeError) as err:  # a mapping where a number goes, ...
+        raise WeightsError(f"config.json has a value of the wrong type: {err}") from None
+    check_config(built, named)
+    return built
 
 
 # ---------------------------------------------------------------------------------------------

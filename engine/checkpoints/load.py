@@ -14,6 +14,7 @@ from engine.csm import CSM
 from engine.errors import WeightsError, short_listing
 
 from engine.files import read_config, read_weights
+from .sanity import check_tensors
 from .layouts import csm_config_from, detect_layout, map_names, source_name, unpermute_qk
 from .resolve import resolve_model
 
@@ -91,3 +92,4 @@ def check_weights(model: CSM, weights: dict, source: dict, layout: str, where: s
     if problems:
         raise WeightsError(f"{where} does not match its config.json ({layout} key names): "
                            + "; ".join(problems))
+    check_tensors(weights, expected, source)

@@ -1,0 +1,47 @@
+"""Click parameter types for the generation options, checked by engine.option_checks.
+
+    @click.option("--temperature", type=OptionType("temperature"), default=0.9)
+
+The command line parses the text, then the number is checked exactly as the Python API, YAML
+scripts and the HTTP server check it, so `--temperature nan` or `--seed 99999999999999999999` is
+a one-line usage error naming the option and its range.
+"""
+
+from __future__ import annotations
+
+import click
+
+from engine.constants import DEFAULT_MODEL
+
+MODEL_ENV = "CSM_MODEL"  # the default model of every command (a hub id, a folder, tiny-random)
+
+
+def model_option(help: str = "Model: a Hugging Face id, a local folder, or tiny-random.", *names):
+    """The --model option every command shares: its default comes from $CSM_MODEL, else
+    sesame/csm-1b."""
+    return click.option(*(names or ("--model",)), "model", default=DEFAULT_MODEL, show_default=True,
+                        envvar=MODEL_ENV, show_envvar=True, help=help)
+
+
+class OptionType(click.ParamType):
+    def __init__(self, option: str):
+        from engine.option_checks import OPTIONS
+
+        self.option = OPTIONS[option]
+        self.name = "integer" if self.option.kind is int else "float"
+
+    def convert(self, value, param, ctx):
+        from engine.errors import InputError
+
+        if value is None:
+            return None
+        try:
+            return self.option.parse(value) if isinstance(value, str) else self.option.check(value)
+        except InputError as error:
+            self.fail(str(error), param, ctx)
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "INTEGER" if self.option.kind is int else "FLOAT"
+
+    def __repr__(self) -> str:
+        return f"OptionType({self.option.name!r})"
