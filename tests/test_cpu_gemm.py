@@ -184,3 +184,14 @@ def test_unsupported_variant_says_so():
     w, _ = random_bf16(np.random.default_rng(9), 8, 64)
     with pytest.raises(G.GemmUnavailable, match="does not run on this CPU"):
         G.gemm(np.zeros((2, 64), np.float32), w, MISSING[0])
+
+
+def test_kernel_benchmark_runs():
+    """`python -m engine.bench gemm` at its smallest: one full-size layer, a 4-row block, one round."""
+    from engine.bench import gemm as bench
+
+    r = bench.run(bench.parse_args(["--layers", "1", "--rows", "4", "--rounds", "1", "--threads", "1",
+                                    "--bits", "4", "--variants", VARIANTS[-1]]))
+    (row,) = r["results"]
+    assert row["variant"] == VARIANTS[-1] and row["ms_per_block"] > 0 and r["layers"] == 1
+    assert "rows/s" in bench.format_result(r)
