@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .build import BuildError, load_library
+
 VARIANTS = ("portable", "avx512-bf16", "amx-bf16")  # index = the C code's variant number
 SOURCE = Path(__file__).with_name("gemm.c")
 
@@ -39,8 +41,8 @@ def library() -> ctypes.CDLL:
     """The compiled gemm.c (built once for this machine), or GemmUnavailable saying why not."""
     if "lib" not in _state:
         try:
-            _state["lib"] = _declare(_load())
-        except Exception as exc:  # no compiler, a failed build: callers fall back
+            _state["lib"] = _declare(load_library(SOURCE.name))
+        except (BuildError, OSError) as exc:  # no compiler, a failed build: callers fall back
             _state["lib"] = None
             _state["reason"] = str(exc)
     if _state["lib"] is None:
@@ -124,43 +126,6 @@ def _check(a: np.ndarray, dtype, shape: tuple) -> None:
 
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
-
-
-def _load() -> ctypes.CDLL:
-    try:
-        from .build import load_library  # noqa: PLC0415  (the project's builder, once it exists)
-    except ImportError:
-        return ctypes.CDLL(str(_compile_here()))
-    return load_library(SOURCE)
-
-
-def _compile_here() -> Path:
-    """Interim build until engine/cpu/build.py exists: cc -O3 -march=native -fopenmp, cached by hash."""
-    import hashlib
-    import os
-    import platform
-    import shutil
-    import subprocess
-    import tempfile
-
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    arch = "-mcpu=native" if platform.machine() in ("aarch64", "arm64") else "-march=native"
-    flags = ["-O3", arch, "-fPIC", "-shared", "-fopenmp"]
-    text = SOURCE.read_text()
-    digest = hashlib.sha256((text + " ".join(flags) + cc).encode()).hexdigest()[:16]
-    home = os.environ.get("CSM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "csm-mlx")
-    target = Path(home) / "lib" / f"csm_gemm_{digest}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
-            if done.returncode:
-                raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-400:]}")
-            os.replace(out, target)
-    return target
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
