@@ -73,12 +73,15 @@ def best_variant() -> str:
     return VARIANTS[library().csm_gemm_best()]
 
 
-def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int = 1) -> np.ndarray:
+def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None = None) -> np.ndarray:
     """x (T, in) float32 @ W^T -> (T, out) float32, for a PackedWeight `w` (fmt "bf16", "q8" or "q4").
 
     `variant`: one of VARIANTS (default: best_variant()); `threads`: OpenMP threads, which split the
-    output columns."""
+    output rows of W between them (default: engine.cpu.blas.default_threads(), read once). A caller
+    that chose its thread count at load passes it here."""
     lib = library()
+    if threads is None:
+        threads = _default_threads()
     v = lib.csm_gemm_best() if variant is None else _index(variant)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != w.in_:
@@ -110,6 +113,14 @@ def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int = 1) ->
     if rc == -3:
         raise ValueError(f"gemm: group {w.group} / in {w.in_} not supported (group a multiple of 32 dividing in)")
     return y
+
+
+def _default_threads() -> int:
+    if "threads" not in _state:
+        from .blas import default_threads
+
+        _state["threads"] = default_threads()
+    return _state["threads"]
 
 
 def _index(variant: str) -> int:
