@@ -4,7 +4,8 @@ One prompt block of `--rows` rows (64: the Generator's canonical block) goes thr
 of each of the 16 backbone layers (q, k, v, o, gate, up, down) with random packed weights: bfloat16,
 int8 or int4 (MLX affine, group 64), 16 distinct layers, so a block reads every backbone weight once,
 as a real prefill does. Variants (and thread counts) take turns, `--rounds` times; the median is
-reported as ms per block, GFLOP/s, weight GB/s and the rows/s it allows.
+reported as ms per block, GFLOP/s, weight GB/s and the rows/s it allows, with the process's CPU
+time per block (on a shared machine, one thread's CPU time is the steadier measure of the work).
 
 The rest of a layer (RMSNorm, RoPE, causal attention over the cache, SwiGLU, residuals) is timed
 separately in NumPy float32 for the same block at `--context` earlier positions, as an honest
@@ -51,12 +52,13 @@ def random_weight(rng, out: int, in_: int, bits: int) -> Packed:
     return Packed(f"q{bits}", out, in_, codes, scales, biases, GROUP, bits)
 
 
-def time_block(layers, xs, variant: str, threads: int) -> float:
-    start = time.perf_counter()
+def time_block(layers, xs, variant: str, threads: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for one block through `layers`."""
+    start, cpu = time.perf_counter(), time.process_time()
     for layer in layers:
         for w in layer:
             G.gemm(xs[w.in_], w, variant, threads)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def rest_of_block(args, rows: int, context: int, rng) -> float:
@@ -115,14 +117,18 @@ def run(ns) -> dict:
     for v, t in runs:  # warm up: builds, page faults, AMX state
         time_block(layers[:1], xs, v, t)
     times = {run: [] for run in runs}
+    cpu_times = {run: [] for run in runs}
     for _ in range(ns.rounds):
         for run_ in runs:
-            times[run_].append(time_block(layers, xs, *run_))
+            wall, cpu = time_block(layers, xs, *run_)
+            times[run_].append(wall)
+            cpu_times[run_].append(cpu)
     rest = float(np.median([rest_of_block(args, ns.rows, ns.context, rng) for _ in range(3)]))
     rows = []
     for (v, t), ts in times.items():
         s = float(np.median(ts))
         rows.append({"variant": v, "threads": t, "ms_per_block": s * 1e3, "all_ms": [x * 1e3 for x in ts],
+                     "cpu_ms_per_block": float(np.median(cpu_times[(v, t)])) * 1e3,
                      "gflops": flops / s / 1e9, "weight_gb_per_s": weight_bytes / s / 1e9,
                      "rows_per_second_products": ns.rows / s,
                      "rows_per_second_with_rest": ns.rows / (s + rest)})
@@ -137,11 +143,13 @@ def format_result(r: dict) -> str:
              f"{r['layers']} layers x 7 products ({r['gflop_per_block']:.0f} GFLOP), median of {r['rounds']} rounds "
              f"taking turns",
              f"{'variant':<14}{'threads':>8}{'ms/block':>10}{'GFLOP/s':>9}{'GB/s':>7}{'rows/s':>8}"
-             f"{'with rest':>11}"]
+             f"{'with rest':>11}{'CPU ms':>9}"]
     for x in r["results"]:
         lines.append(f"{x['variant']:<14}{x['threads']:>8}{x['ms_per_block']:>10.1f}{x['gflops']:>9.0f}"
                      f"{x['weight_gb_per_s']:>7.1f}{x['rows_per_second_products']:>8.0f}"
-                     f"{x['rows_per_second_with_rest']:>11.0f}")
+                     f"{x['rows_per_second_with_rest']:>11.0f}{x['cpu_ms_per_block']:>9.0f}")
+    lines.append("CPU ms: this process's CPU time per block (all threads; spinning threads count): on a busy "
+                 "machine wall time rises while one thread's CPU time stays near the work itself")
     lines.append(f"rest of the layers (norms, RoPE, attention over {r['context']} earlier positions, SwiGLU), "
                  f"NumPy float32: {r['rest_ms_per_block_numpy']:.1f} ms per block")
     return "\n".join(lines)
