@@ -40,6 +40,10 @@
 enum { V_PORTABLE = 0, V_AVX512 = 1, V_AMX = 2 };
 #define STRIP 32 /* output rows per strip */
 #define KB 32    /* bfloat16 values per slice of `in` (one AMX tile row, one zmm) */
+#define GROUP 4  /* strips a thread claims at once */
+#ifndef PREFETCH_MAX
+#define PREFETCH_MAX (256 * 1024) /* bytes of the next strip worth pulling into L2 ahead */
+#endif
 
 static inline float bf16_to_f32(uint16_t v) { uint32_t b = (uint32_t)v << 16; float f; memcpy(&f, &b, 4); return f; }
 /* nearest bfloat16, ties to even (as vcvtne2ps2bf16 rounds; NaN stays NaN) */
@@ -345,16 +349,32 @@ static void write_tile(const float *c, float *Y, long T, long out, long n0, long
         for (long m = 0; m < 16 && n0 + m < out; m++) Y[(t0 + t) * out + n0 + m] = c[m * 16 + t];
 }
 
+/* The next strip's weights, pulled into L2 a few lines at a time while this strip computes: the
+ * tile loads then find them there instead of waiting on DRAM (32 row streams are more than the
+ * hardware prefetcher follows). Lines go row after row within each 64-byte column, the order the
+ * kernel reads them. */
+typedef struct {
+    const char *p;
+    long stride, rows, total, done;
+} Prefetch;
+
+static inline void prefetch_some(Prefetch *pf, long n) {
+    for (; n > 0 && pf->done < pf->total; n--, pf->done++)
+        __builtin_prefetch(pf->p + (pf->done % pf->rows) * pf->stride + (pf->done / pf->rows) * 64, 0, 2);
+}
+
 AMX_TARGET static void strip_amx(StripView sv, const uint16_t *xt, long T, long kp,
-                                 float *Y, long out, long n0) {
+                                 float *Y, long out, long n0, Prefetch *pf) {
     long nkb = kp / KB, nj = (T + 15) / 16;
     float c[4][256] __attribute__((aligned(64)));
     long stride = sv.row * 2, j = 0;
+    long steps = (nj + 1) / 2 * nkb, per_step = pf ? (pf->total + steps - 1) / steps : 0;
     for (; j + 2 <= nj; j += 2) {
         const uint16_t *x0 = xt + j * nkb * 512, *x1 = xt + (j + 1) * nkb * 512;
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (long kb = 0; kb < nkb; kb++) {
             const uint16_t *w = sv.p + kb * sv.slice;
+            if (pf) prefetch_some(pf, per_step);
             _tile_loadd(4, w, stride);
             _tile_loadd(5, w + 16 * sv.row, stride);
             _tile_loadd(6, x0 + kb * 512, 64);
@@ -376,6 +396,7 @@ AMX_TARGET static void strip_amx(StripView sv, const uint16_t *xt, long T, long 
         _tile_zero(0); _tile_zero(1);
         for (long kb = 0; kb < nkb; kb++) {
             const uint16_t *w = sv.p + kb * sv.slice;
+            if (pf) prefetch_some(pf, per_step);
             _tile_loadd(4, w, stride);
             _tile_loadd(5, w + 16 * sv.row, stride);
             _tile_loadd(6, x0 + kb * 512, 64);
@@ -419,22 +440,36 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
 #ifdef CSM_X86
         if (!failed && variant == V_AMX) amx_configure();
 #endif
+        /* threads claim GROUP strips at a time, so each knows its next strip and can prefetch it */
         #pragma omp for schedule(dynamic, 1)
-        for (long s = 0; s < nstrips; s++) {
+        for (long g = 0; g < (nstrips + GROUP - 1) / GROUP; g++)
+        for (long s = g * GROUP; s < nstrips && s < (g + 1) * GROUP; s++) {
             if (failed) continue;
             long n0 = s * STRIP;
 #ifdef CSM_X86
             if (variant != V_PORTABLE) {
                 StripView sv = {strip, KB, STRIP * KB};
-                if (w->bf16 && n0 + STRIP <= w->out && w->in % KB == 0) {
+                int direct = w->bf16 && w->in % KB == 0;
+                if (direct && n0 + STRIP <= w->out) {
                     sv.p = w->bf16 + n0 * w->in;
                     sv.row = w->in;
                     sv.slice = KB;
                 } else {
                     strip_bf16_avx512(&wk, n0, strip);
                 }
-                if (variant == V_AMX) strip_amx(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0);
-                else strip_avx512(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0);
+                if (variant == V_AMX) {
+                    /* the next strip of this group: its bf16 rows or its codes, if they fit L2 with room */
+                    long next = n0 + STRIP, row_bytes = w->bf16 ? w->in * 2 : w->in * w->bits / 8;
+                    long rows = next + STRIP <= w->out ? STRIP : w->out - next;
+                    Prefetch pf = {(const char *)(w->bf16 ? (const void *)(w->bf16 + next * w->in)
+                                                          : (const void *)(w->q + next * row_bytes)),
+                                   row_bytes, rows, rows * (row_bytes / 64), 0};
+                    int want = s + 1 < (g + 1) * GROUP && rows > 0 && rows * row_bytes <= PREFETCH_MAX
+                               && w->bits != 4; /* int4: dequantizing is the cost, the codes stream fine */
+                    strip_amx(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0, want ? &pf : NULL);
+                } else {
+                    strip_avx512(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0);
+                }
                 continue;
             }
 #endif
