@@ -43,3 +43,24 @@ def test_missing_peer_python_is_a_clear_error(tmp_path, capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "make the peer virtualenv first" in capsys.readouterr().err
+
+
+FAKE_PRODUCTS_PEER = """
+import json, sys
+assert "--products" in sys.argv and sys.argv[sys.argv.index("--layers") + 1] == "1"
+print(json.dumps({"peer": "torch", "torch": "x", "threads": 2, "ms_per_block": 40.0,
+                  "cpu_ms_per_block": 80.0, "rows_per_second_products": 100.0}))
+"""
+
+
+def test_products_mode_compares_the_kernels(tmp_path, monkeypatch):
+    script = tmp_path / "peer.py"
+    script.write_text(FAKE_PRODUCTS_PEER)
+    monkeypatch.setattr(peer, "PEER_SCRIPT", script)
+    ns = peer.parse_args(["--python", sys.executable, "--products", "4", "--layers", "1", "--bits", "4",
+                          "--rounds", "1", "--product-rounds", "1", "--threads", "1"])
+    r = peer.compare_products(ns)
+    ours = r["rounds"][0]["ours"]
+    assert ours["bits"] == 4 and ours["ms_per_block"] > 0 and ours["threads"] == 1
+    assert abs(r["ratios_ours_over_theirs"]["ms_per_block"] - ours["ms_per_block"] / 40.0) < 1e-9
+    assert "rows/s (products only)" in peer.format_result(r)

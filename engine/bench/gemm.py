@@ -101,7 +101,7 @@ def run(ns) -> dict:
     if ns.layers:
         args.n_layers = ns.layers
     shapes = layer_shapes(args)
-    variants = ns.variants.split(",") if ns.variants else [v for v in G.VARIANTS[::-1] if G.supported(v) and v != "portable"] or ["portable"]
+    variants = [G.best_variant()] if ns.variants == "best" else ns.variants.split(",") if ns.variants else [v for v in G.VARIANTS[::-1] if G.supported(v) and v != "portable"] or ["portable"]
     for v in variants:
         if not G.supported(v):
             raise SystemExit(f"variant {v} does not run on this CPU (supported: "
@@ -160,7 +160,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--bits", type=int, choices=(16, 8, 4), default=16, help="16 = bfloat16 weights")
     p.add_argument("--rows", type=int, default=64, help="rows of the block (default 64)")
     p.add_argument("--layers", type=int, default=None, help="backbone layers (default: all 16)")
-    p.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(G.VARIANTS)} "
+    p.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(G.VARIANTS)}, or 'best' "
                                                      "(default: the SIMD ones this CPU runs)")
     p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2],
                    help="comma-separated thread counts (default 1,2)")

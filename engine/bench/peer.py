@@ -10,6 +10,10 @@ Then it prints each round's figures, the medians and the ratios ours/theirs: pre
 the first frame (prefill + one frame), frames/s after the first, and each process's peak resident
 memory (read from the kernel when the process ends). Neither side decodes audio. Both load a
 full-size model: run it when nothing else big runs (on a shared machine, under a lock).
+
+`--products ROWS` compares the prefill's matrix products alone, quicker and steadier: one ROWS-row
+block through the 16 backbone layers' 7 products, ours (`python -m engine.bench gemm`, the best
+variant, `--bits` 16/8/4) against torch's bfloat16 `F.linear` on the same shapes, taking turns.
 """
 
 from __future__ import annotations
@@ -62,11 +66,42 @@ def theirs(ns) -> dict:
     return run_child(cmd)
 
 
-def compare(ns) -> dict:
+PRODUCT_FIGURES = (
+    ("ms_per_block", "ms per block (wall)", False),
+    ("cpu_ms_per_block", "CPU ms per block (all threads)", False),
+    ("rows_per_second_products", "rows/s (products only)", True),
+)
+
+
+def ours_products(ns) -> dict:
+    cmd = [sys.executable, "-m", "engine.bench", "gemm", "--json", "--rows", str(ns.products), "--bits",
+           str(ns.bits), "--rounds", str(ns.product_rounds), "--threads", str(ns.threads or 2), "--layers", str(ns.layers), "--variants", "best"]
+    r = run_child(cmd)
+    (row,) = r["results"]
+    return {**row, "bits": r["bits"]}
+
+
+def theirs_products(ns) -> dict:
+    cmd = [ns.python, str(PEER_SCRIPT), "--products", str(ns.products), "--rounds", str(ns.product_rounds),
+           "--threads", str(ns.threads or 2), "--layers", str(ns.layers)]
+    return run_child(cmd)
+
+
+def compare_products(ns) -> dict:
+    rounds = _take_turns(ns, ours_products, theirs_products)
+    medians = {side: {key: float(np.median([r[side][key] for r in rounds])) for key, _, _ in PRODUCT_FIGURES}
+               for side in ("ours", "theirs")}
+    ratios = {key: medians["ours"][key] / medians["theirs"][key] for key, _, _ in PRODUCT_FIGURES}
+    return {"products": True, "rows": ns.products, "bits": ns.bits, "layers": ns.layers, "rounds": rounds, "medians": medians,
+            "ratios_ours_over_theirs": ratios, "ours_variant": rounds[0]["ours"]["variant"],
+            "peer": {k: rounds[0]["theirs"].get(k) for k in ("torch", "threads")}}
+
+
+def _take_turns(ns, ours_fn, theirs_fn) -> list[dict]:
     rounds = []
     for i in range(ns.rounds):
         # alternate who goes first, so neither always meets a warmer or a busier machine
-        pair = [("ours", ours), ("theirs", theirs)]
+        pair = [("ours", ours_fn), ("theirs", theirs_fn)]
         if i % 2:
             pair.reverse()
         got = {}
@@ -74,6 +109,11 @@ def compare(ns) -> dict:
             print(f"round {i + 1}: {name} ...", file=sys.stderr, flush=True)
             got[name] = fn(ns)
         rounds.append(got)
+    return rounds
+
+
+def compare(ns) -> dict:
+    rounds = _take_turns(ns, ours, theirs)
     medians = {side: {key: float(np.median([r[side][key] for r in rounds])) for key, _, _ in FIGURES}
                for side in ("ours", "theirs")}
     ratios = {key: medians["ours"][key] / medians["theirs"][key] for key, _, _ in FIGURES}
@@ -84,6 +124,8 @@ def compare(ns) -> dict:
 
 
 def format_result(r: dict) -> str:
+    if r.get("products"):
+        return format_products(r)
     peer = r["peer"]
     lines = [f"{r['prompt_rows']}-row prompt, {r['frames']} frames, {len(r['rounds'])} rounds taking turns; "
              f"theirs: transformers {peer['transformers']} + torch {peer['torch']}, bfloat16, {peer['threads']} threads; "
@@ -92,6 +134,19 @@ def format_result(r: dict) -> str:
     for key, label, _ in FIGURES:
         per = " ".join(f"{x['ours'][key]:.3g}|{x['theirs'][key]:.3g}" for x in r["rounds"])
         lines.append(f"{label:<34}{r['medians']['ours'][key]:>10.3g}{r['medians']['theirs'][key]:>10.3g}"
+                     f"{r['ratios_ours_over_theirs'][key]:>12.2f}x   ({per})")
+    return "\n".join(lines)
+
+
+def format_products(r: dict) -> str:
+    kind = {16: "bfloat16", 8: "int8", 4: "int4"}[r["bits"]]
+    lines = [f"prefill products, one {r['rows']}-row block through {r['layers']} layers x 7 products, {len(r['rounds'])} "
+             f"rounds taking turns; ours: {r['ours_variant']} over {kind} weights; theirs: torch "
+             f"{r['peer']['torch']} F.linear, bfloat16; {r['peer']['threads']} threads each",
+             f"{'':<32}{'ours':>10}{'theirs':>10}{'ours/theirs':>13}   (per round: ours | theirs)"]
+    for key, label, _ in PRODUCT_FIGURES:
+        per = " ".join(f"{x['ours'][key]:.4g}|{x['theirs'][key]:.4g}" for x in r["rounds"])
+        lines.append(f"{label:<32}{r['medians']['ours'][key]:>10.4g}{r['medians']['theirs'][key]:>10.4g}"
                      f"{r['ratios_ours_over_theirs'][key]:>12.2f}x   ({per})")
     return "\n".join(lines)
 
@@ -108,6 +163,11 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads for theirs (default: torch's)")
+    p.add_argument("--products", type=int, default=None, metavar="ROWS",
+                   help="compare the prefill's matrix products alone, for a ROWS-row block")
+    p.add_argument("--bits", type=int, choices=(16, 8, 4), default=16, help="our weights for --products")
+    p.add_argument("--layers", type=int, default=16, help="backbone layers for --products (default all 16)")
+    p.add_argument("--product-rounds", type=int, default=3, help="blocks timed per process with --products")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     ns = p.parse_args(argv)
     ns.ours = extra
@@ -119,7 +179,7 @@ def parse_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     ns = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        r = compare(ns)
+        r = compare_products(ns) if ns.products else compare(ns)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

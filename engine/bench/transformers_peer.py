@@ -15,6 +15,11 @@ weights, made directly in bfloat16, the dtype the reference runs in), then runs 
   frames/s        frames after the first, over the time between the first and the last frame
   peak memory     the process's peak resident set (ru_maxrss), and its resident set after building
 Audio decoding (Mimi) is not run. Prints one JSON object.
+
+`--products ROWS` instead times only the backbone's matrix products the way PyTorch runs them in
+prefill: a ROWS-row bfloat16 block through 16 distinct layers' 7 linear maps (q, k, v, o, gate, up,
+down; random bfloat16 weights, 1.95 GB), median of `--rounds` (the peer of `python -m engine.bench
+gemm`).
 """
 
 from __future__ import annotations
@@ -67,13 +72,63 @@ def rss_gb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
+BACKBONE = dict(layers=16, dim=2048, heads=32, kv_heads=8, head_dim=64, hidden=8192)  # CSM-1B's
+
+
+def products(rows: int, rounds: int, n_layers: int = BACKBONE["layers"]) -> dict:
+    """Wall and CPU seconds of one block through the backbone's linear maps, torch bfloat16."""
+    import torch
+    import torch.nn.functional as F
+
+    b = BACKBONE
+    d, hd = b["dim"], b["head_dim"]
+    shapes = [(b["heads"] * hd, d), (b["kv_heads"] * hd, d), (b["kv_heads"] * hd, d), (d, b["heads"] * hd),
+              (b["hidden"], d), (b["hidden"], d), (d, b["hidden"])]
+    layers = [[torch.empty(o, i, dtype=torch.bfloat16).uniform_(-0.02, 0.02) for o, i in shapes]
+              for _ in range(n_layers)]
+    xs = {i: torch.randn(rows, i, dtype=torch.bfloat16) for i in {i for _, i in shapes}}
+
+    def block():
+        for layer in layers:
+            for w in layer:
+                F.linear(xs[w.shape[1]], w)
+
+    walls, cpus = [], []
+    with torch.inference_mode():
+        block()  # warm-up
+        for _ in range(rounds):
+            t0, c0 = time.perf_counter(), time.process_time()
+            block()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+    walls.sort()
+    cpus.sort()
+    flops = 2.0 * rows * sum(o * i for o, i in shapes) * n_layers
+    wall = walls[len(walls) // 2]
+    return {"peer": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
+            "ms_per_block": wall * 1e3, "all_ms": [w * 1e3 for w in walls],
+            "cpu_ms_per_block": cpus[len(cpus) // 2] * 1e3, "gflops": flops / wall / 1e9,
+            "rows_per_second_products": rows / wall}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompt-rows", type=int, default=100)
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--products", type=int, default=None, metavar="ROWS",
+                   help="time only the backbone's products for a ROWS-row block")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --products")
+    p.add_argument("--layers", type=int, default=BACKBONE["layers"], help="backbone layers for --products")
     a = p.parse_args(argv)
+    if a.products:
+        import torch
+
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        print(json.dumps(products(a.products, a.rounds, a.layers)), flush=True)
+        return 0
 
     import torch
     import transformers
