@@ -1,0 +1,514 @@
+/* Multi-row products for prompt prefill on the CPU: Y (T, out) = X (T, in) @ W^T, W (out, in).
+ *
+ * W is bfloat16 or MLX-affine int8/int4 (w = scale * q + bias per group along `in`), in the packed
+ * formats shared with the frame step (see engine/cpu/gemm.py). Every variant computes the same
+ * products: X rounded to bfloat16, each weight (dequantized in float32 for int8/int4) rounded to
+ * bfloat16, products summed in float32. They differ in summation order only.
+ *
+ * How: the work is split into strips of 32 output rows (threads claim strips). A strip's weights are
+ * first written, dequantized where quantized, into a per-thread buffer in "tile order"
+ * (strip[kb][r][32]: for each 32-wide slice kb of `in`, the strip's 32 rows of it), zero-padded past
+ * `out` and `in`. That buffer (32 x in x 2 bytes, at most 512 KB here) stays in L2 while every row
+ * of X goes over it. Then one of three inner kernels:
+ *   AMX      (Sapphire Rapids and later): Y^T tiles = W-strip tiles (16 x 32) x X^T tiles packed in
+ *            the VNNI pair layout, `tdpbf16ps`, 2 x 2 tiles of 16 x 16 float accumulators;
+ *   AVX512   (AVX512-BF16, e.g. Cooper Lake, Zen 4): `vdpbf16ps` dot products, 4 weight rows x 4
+ *            rows of X held in 16 registers;
+ *   portable any CPU: the same dot products in plain C over float32 copies (the compiler vectorises).
+ * Per output element, the arithmetic depends only on its own row of X and row of W, never on T or on
+ * which rows share the call (padding adds exact zeros): a row's result is the same for any block.
+ *
+ * The variant is picked at run time from CPUID (and, for AMX, the kernel's permission to use tile
+ * data, asked once per process); the x86 kernels are compiled with per-function target attributes,
+ * so one build serves every x86-64 CPU. */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
+                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define CSM_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
+
+enum { V_PORTABLE = 0, V_AVX512 = 1, V_AMX = 2 };
+#define STRIP 32 /* output rows per strip */
+#define KB 32    /* bfloat16 values per slice of `in` (one AMX tile row, one zmm) */
+#define GROUP 4  /* strips a thread claims at once */
+#ifndef PREFETCH_MAX
+#define PREFETCH_MAX (256 * 1024) /* bytes of the next strip worth pulling into L2 ahead */
+#endif
+
+static inline float bf16_to_f32(uint16_t v) { uint32_t b = (uint32_t)v << 16; float f; memcpy(&f, &b, 4); return f; }
+/* nearest bfloat16, ties to even (as vcvtne2ps2bf16 rounds; NaN stays NaN) */
+static inline uint16_t f32_to_bf16(float x) {
+    uint32_t b; memcpy(&b, &x, 4);
+    if ((b & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((b >> 16) | 0x40u);
+    b += 0x7FFFu + ((b >> 16) & 1u);
+    return (uint16_t)(b >> 16);
+}
+
+static void *aligned(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
+    return p;
+}
+
+/* ---------------------------------------------------------------- what this CPU can run */
+
+#ifdef CSM_X86
+static int os_saves(uint64_t mask) { /* XCR0 has every state bit in mask */
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0; /* OSXSAVE */
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((((uint64_t)hi << 32) | lo) & mask) == mask;
+}
+static int has_avx512bf16(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16))) return 0; /* AVX512F */
+    if (!(b & (1u << 30))) return 0;                                               /* AVX512BW */
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return 0;   /* AVX512_BF16 */
+    return os_saves(0xE6); /* SSE, AVX, opmask, ZMM state */
+}
+static int amx_permitted(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    /* ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA: once per process, idempotent */
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    return 0;
+#endif
+}
+static int has_amx(void) {
+    unsigned a, b, c, d;
+    if (!has_avx512bf16()) return 0; /* the strip and X packing use AVX512 */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (!(d & (1u << 24)) || !(d & (1u << 22))) return 0; /* AMX-TILE, AMX-BF16 */
+    if (!os_saves(0x60000)) return 0;                     /* XTILECFG, XTILEDATA */
+    return amx_permitted();
+}
+#endif
+
+/* 1 if `variant` can run on this CPU (asking the kernel for AMX permission the first time). */
+int csm_gemm_supported(int variant) {
+    static int known[3] = {-1, -1, -1};
+    if (variant < 0 || variant > 2) return 0;
+    if (known[variant] < 0) {
+        int ok = variant == V_PORTABLE;
+#ifdef CSM_X86
+        if (variant == V_AVX512) ok = has_avx512bf16();
+        if (variant == V_AMX) ok = has_amx();
+#endif
+        known[variant] = ok;
+    }
+    return known[variant];
+}
+
+/* The fastest variant this CPU runs. */
+int csm_gemm_best(void) {
+    if (csm_gemm_supported(V_AMX)) return V_AMX;
+    if (csm_gemm_supported(V_AVX512)) return V_AVX512;
+    return V_PORTABLE;
+}
+
+/* ---------------------------------------------------------------- the weights of one strip */
+
+typedef struct {
+    const uint16_t *bf16;  /* bf16 weights (out, in), or NULL */
+    const uint8_t *q;      /* int8 (out, in) or int4 (out, in/2) codes */
+    const float *scales, *biases; /* (out, in/group) */
+    long out, in, kp;      /* kp: in rounded up to KB */
+    int group, bits;
+} Weights;
+
+/* Where a strip's bfloat16 weights lie: row r, slice kb at p + r * row + kb * slice. Either the
+ * per-thread buffer in tile order (row KB, slice STRIP * KB) or, for a full strip of bfloat16
+ * weights, W itself (row in, slice KB): read in place, with no copy. */
+typedef struct {
+    const uint16_t *p;
+    long row, slice;
+} StripView;
+
+/* 32 dequantized weights of row n from column k (k % 32 == 0, k + 32 <= in) as float32. */
+static inline void dequant32_f32(const Weights *w, long n, long k, float *dst) {
+    if (w->bf16) {
+        const uint16_t *src = w->bf16 + n * w->in + k;
+        for (int i = 0; i < KB; i++) dst[i] = bf16_to_f32(src[i]);
+        return;
+    }
+    long g = n * (w->in / w->group) + k / w->group;
+    float s = w->scales[g], b = w->biases[g];
+    if (w->bits == 8) {
+        const uint8_t *src = w->q + n * w->in + k;
+        for (int i = 0; i < KB; i++) dst[i] = s * (float)src[i] + b;
+    } else {
+        const uint8_t *src = w->q + n * (w->in / 2) + k / 2;
+        for (int i = 0; i < KB / 2; i++) {
+            dst[2 * i] = s * (float)(src[i] & 15) + b;
+            dst[2 * i + 1] = s * (float)(src[i] >> 4) + b;
+        }
+    }
+}
+
+/* Weight (n, k) for a column k in a partial last slice (portable, any layout). */
+static inline float weight_at(const Weights *w, long n, long k) {
+    if (w->bf16) return bf16_to_f32(w->bf16[n * w->in + k]);
+    long g = n * (w->in / w->group) + k / w->group;
+    unsigned q = w->bits == 8 ? w->q[n * w->in + k] : (w->q[n * (w->in / 2) + k / 2] >> (4 * (k & 1))) & 15;
+    return w->scales[g] * (float)q + w->biases[g];
+}
+
+/* Strip of rows n0..n0+31 in tile order as bfloat16: dst[kb][r][32] (zeros past out and in). */
+static void strip_bf16_portable(const Weights *w, long n0, uint16_t *dst) {
+    long nkb = w->kp / KB;
+    float tmp[KB];
+    for (long r = 0; r < STRIP; r++) {
+        long n = n0 + r;
+        for (long kb = 0; kb < nkb; kb++) {
+            uint16_t *d = dst + (kb * STRIP + r) * KB;
+            long k = kb * KB;
+            if (n >= w->out) { memset(d, 0, KB * 2); continue; }
+            if (k + KB <= w->in) {
+                dequant32_f32(w, n, k, tmp);
+                for (int i = 0; i < KB; i++) d[i] = f32_to_bf16(tmp[i]);
+            } else {
+                for (int i = 0; i < KB; i++) d[i] = k + i < w->in ? f32_to_bf16(weight_at(w, n, k + i)) : 0;
+            }
+        }
+    }
+}
+
+#ifdef CSM_X86
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+
+/* 32 float32 -> 32 bfloat16 (RNE), stored */
+AVX512_TARGET static inline void store_bf16x32(uint16_t *d, __m512 lo, __m512 hi) {
+    _mm512_storeu_si512((void *)d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+AVX512_TARGET static void strip_bf16_avx512(const Weights *w, long n0, uint16_t *dst) {
+    long nkb = w->kp / KB, full = w->in / KB;
+    for (long r = 0; r < STRIP; r++) {
+        long n = n0 + r;
+        if (n >= w->out) {
+            for (long kb = 0; kb < nkb; kb++) memset(dst + (kb * STRIP + r) * KB, 0, KB * 2);
+            continue;
+        }
+        if (w->bf16) {
+            const uint16_t *src = w->bf16 + n * w->in;
+            for (long kb = 0; kb < full; kb++)
+                _mm512_storeu_si512((void *)(dst + (kb * STRIP + r) * KB), _mm512_loadu_si512(src + kb * KB));
+        } else if (w->bits == 8) {
+            const uint8_t *src = w->q + n * w->in;
+            const float *sc = w->scales + n * (w->in / w->group), *bi = w->biases + n * (w->in / w->group);
+            for (long kb = 0; kb < full; kb++) {
+                long g = kb * KB / w->group;
+                __m512 s = _mm512_set1_ps(sc[g]), b = _mm512_set1_ps(bi[g]);
+                __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + kb * KB)));
+                __m512i q2 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + kb * KB + 16)));
+                store_bf16x32(dst + (kb * STRIP + r) * KB, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(q), b),
+                              _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(q2), b));
+            }
+        } else {
+            const uint8_t *src = w->q + n * (w->in / 2);
+            const float *sc = w->scales + n * (w->in / w->group), *bi = w->biases + n * (w->in / w->group);
+            const __m512i low4 = _mm512_set1_epi32(15);
+            for (long kb = 0; kb < full; kb++) {
+                long g = kb * KB / w->group;
+                __m512 s = _mm512_set1_ps(sc[g]), b = _mm512_set1_ps(bi[g]);
+                __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + kb * KB / 2)));
+                /* each 32-bit lane: element 2j (low nibble) in its low half, 2j+1 in its high half */
+                __m512i pairs = _mm512_or_si512(_mm512_and_si512(v, low4), _mm512_slli_epi32(_mm512_srli_epi32(v, 4), 16));
+                __m512i e0 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(pairs));
+                __m512i e1 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pairs, 1));
+                store_bf16x32(dst + (kb * STRIP + r) * KB, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(e0), b),
+                              _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(e1), b));
+            }
+        }
+        for (long kb = full; kb < nkb; kb++) { /* a partial last slice */
+            uint16_t *d = dst + (kb * STRIP + r) * KB;
+            for (int i = 0; i < KB; i++) d[i] = kb * KB + i < w->in ? f32_to_bf16(weight_at(w, n, kb * KB + i)) : 0;
+        }
+    }
+}
+#endif
+
+/* ---------------------------------------------------------------- X, rounded and laid out */
+
+/* X rounded to bfloat16, row-major (T, kp), zero-padded (the AVX512 kernel's layout) */
+static void pack_x_rows(const float *X, long T, long in, long kp, uint16_t *xb) {
+    for (long t = 0; t < T; t++) {
+        for (long k = 0; k < in; k++) xb[t * kp + k] = f32_to_bf16(X[t * in + k]);
+        for (long k = in; k < kp; k++) xb[t * kp + k] = 0;
+    }
+}
+
+/* X^T in AMX's VNNI layout: for 16 rows of X (j) and a slice kb, a 16 x 32 tile whose row k2 holds
+ * (x[t][32kb + 2k2], x[t][32kb + 2k2 + 1]) for t = 0..15. Tiles ordered [j][kb]; rows past T zero. */
+static void pack_x_tiles(const float *X, long T, long in, long kp, uint16_t *xt) {
+    long nkb = kp / KB, nj = (T + 15) / 16;
+    for (long j = 0; j < nj; j++)
+        for (long kb = 0; kb < nkb; kb++) {
+            uint16_t *tile = xt + (j * nkb + kb) * 512;
+            for (long k2 = 0; k2 < 16; k2++)
+                for (long t = 0; t < 16; t++)
+                    for (int e = 0; e < 2; e++) {
+                        long row = j * 16 + t, k = kb * KB + 2 * k2 + e;
+                        tile[k2 * 32 + t * 2 + e] = row < T && k < in ? f32_to_bf16(X[row * in + k]) : 0;
+                    }
+        }
+}
+
+/* ---------------------------------------------------------------- inner kernels over one strip */
+
+static void write_strip(float *Y, long T, long out, long n0, long t, long r, float v) {
+    (void)T;
+    if (n0 + r < out) Y[t * out + n0 + r] = v;
+}
+
+/* portable: float32 copies of the strip (fs[r][kp]) and of X rounded (xf[t][kp]) */
+static void strip_portable(const float *fs, const float *xf, long T, long kp, float *Y, long out, long n0) {
+    for (long t = 0; t < T; t++) {
+        const float *x = xf + t * kp;
+        for (long r = 0; r < STRIP && n0 + r < out; r++) {
+            const float *w = fs + r * kp;
+            float acc[16] = {0};
+            for (long k = 0; k < kp; k += 16)
+                for (int i = 0; i < 16; i++) acc[i] += w[k + i] * x[k + i];
+            float s = 0.0f;
+            for (int i = 0; i < 16; i++) s += acc[i];
+            write_strip(Y, T, out, n0, t, r, s);
+        }
+    }
+}
+
+#ifdef CSM_X86
+/* AVX512-BF16: acc(t, r) is one zmm of 16 partial sums over the slices, reduced at the end. */
+AVX512_TARGET static void strip_avx512(StripView sv, const uint16_t *xb, long T, long kp,
+                                       float *Y, long out, long n0) {
+    long nkb = kp / KB;
+    for (long r0 = 0; r0 < STRIP; r0 += 4) {
+        if (n0 + r0 >= out) break;
+        long t0 = 0;
+        for (; t0 + 4 <= T; t0 += 4) {
+            __m512 acc[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+            for (long kb = 0; kb < nkb; kb++) {
+                __m512bh w[4], x[4];
+                for (int i = 0; i < 4; i++) w[i] = (__m512bh)_mm512_loadu_si512(sv.p + (r0 + i) * sv.row + kb * sv.slice);
+                for (int j = 0; j < 4; j++) x[j] = (__m512bh)_mm512_loadu_si512(xb + (t0 + j) * kp + kb * KB);
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], w[i], x[j]);
+            }
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) write_strip(Y, T, out, n0, t0 + j, r0 + i, _mm512_reduce_add_ps(acc[i][j]));
+        }
+        for (; t0 < T; t0++) { /* the same sums, one row of X at a time */
+            __m512 acc[4];
+            for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
+            for (long kb = 0; kb < nkb; kb++) {
+                __m512bh x = (__m512bh)_mm512_loadu_si512(xb + t0 * kp + kb * KB);
+                for (int i = 0; i < 4; i++)
+                    acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(sv.p + (r0 + i) * sv.row + kb * sv.slice), x);
+            }
+            for (int i = 0; i < 4; i++) write_strip(Y, T, out, n0, t0, r0 + i, _mm512_reduce_add_ps(acc[i]));
+        }
+    }
+}
+
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+typedef struct __attribute__((packed)) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* tiles 0-3: float accumulators 16 x 16; 4, 5: weight rows 0-15 / 16-31 (16 x 32 bf16);
+ * 6, 7: X^T (16 pairs x 16 rows of X) */
+AMX_TARGET static void amx_configure(void) {
+    TileConfig c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int i = 0; i < 8; i++) { c.colsb[i] = 64; c.rows[i] = 16; }
+    _tile_loadconfig(&c);
+}
+
+AMX_TARGET static void amx_release(void) { _tile_release(); }
+
+static void write_tile(const float *c, float *Y, long T, long out, long n0, long t0) {
+    /* c[m][t] = Y[t0 + t][n0 + m] */
+    for (long t = 0; t < 16 && t0 + t < T; t++)
+        for (long m = 0; m < 16 && n0 + m < out; m++) Y[(t0 + t) * out + n0 + m] = c[m * 16 + t];
+}
+
+/* The next strip's weights, pulled into L2 a few lines at a time while this strip computes: the
+ * tile loads then find them there instead of waiting on DRAM (32 row streams are more than the
+ * hardware prefetcher follows). Lines go row after row within each 64-byte column, the order the
+ * kernel reads them. */
+typedef struct {
+    const char *p;
+    long stride, rows, total, done;
+} Prefetch;
+
+static inline void prefetch_some(Prefetch *pf, long n) {
+    for (; n > 0 && pf->done < pf->total; n--, pf->done++)
+        __builtin_prefetch(pf->p + (pf->done % pf->rows) * pf->stride + (pf->done / pf->rows) * 64, 0, 2);
+}
+
+AMX_TARGET static void strip_amx(StripView sv, const uint16_t *xt, long T, long kp,
+                                 float *Y, long out, long n0, Prefetch *pf) {
+    long nkb = kp / KB, nj = (T + 15) / 16;
+    float c[4][256] __attribute__((aligned(64)));
+    long stride = sv.row * 2, j = 0;
+    long steps = (nj + 1) / 2 * nkb, per_step = pf ? (pf->total + steps - 1) / steps : 0;
+    for (; j + 2 <= nj; j += 2) {
+        const uint16_t *x0 = xt + j * nkb * 512, *x1 = xt + (j + 1) * nkb * 512;
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (long kb = 0; kb < nkb; kb++) {
+            const uint16_t *w = sv.p + kb * sv.slice;
+            if (pf) prefetch_some(pf, per_step);
+            _tile_loadd(4, w, stride);
+            _tile_loadd(5, w + 16 * sv.row, stride);
+            _tile_loadd(6, x0 + kb * 512, 64);
+            _tile_loadd(7, x1 + kb * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 5, 6);
+            _tile_dpbf16ps(2, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64);
+        _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
+        write_tile(c[0], Y, T, out, n0, j * 16);
+        write_tile(c[1], Y, T, out, n0 + 16, j * 16);
+        write_tile(c[2], Y, T, out, n0, (j + 1) * 16);
+        write_tile(c[3], Y, T, out, n0 + 16, (j + 1) * 16);
+    }
+    if (j < nj) {
+        const uint16_t *x0 = xt + j * nkb * 512;
+        _tile_zero(0); _tile_zero(1);
+        for (long kb = 0; kb < nkb; kb++) {
+            const uint16_t *w = sv.p + kb * sv.slice;
+            if (pf) prefetch_some(pf, per_step);
+            _tile_loadd(4, w, stride);
+            _tile_loadd(5, w + 16 * sv.row, stride);
+            _tile_loadd(6, x0 + kb * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 5, 6);
+        }
+        _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64);
+        write_tile(c[0], Y, T, out, n0, j * 16);
+        write_tile(c[1], Y, T, out, n0 + 16, j * 16);
+    }
+}
+#endif
+
+/* ---------------------------------------------------------------- the product */
+
+static int gemm(int variant, const float *X, long T, const Weights *w, float *Y, int threads) {
+    if (T <= 0 || w->out <= 0) return 0;
+    if (!csm_gemm_supported(variant)) return -1;
+    long kp = (w->in + KB - 1) / KB * KB, nstrips = (w->out + STRIP - 1) / STRIP;
+    Weights wk = *w;
+    wk.kp = kp;
+    size_t xbytes = variant == V_AMX ? (size_t)((T + 15) / 16) * 16 * kp * 2
+                  : variant == V_AVX512 ? (size_t)T * kp * 2 : (size_t)T * kp * 4;
+    void *xpacked = aligned(xbytes);
+    if (!xpacked) return -2;
+    if (variant == V_AMX) pack_x_tiles(X, T, w->in, kp, (uint16_t *)xpacked);
+    else if (variant == V_AVX512) pack_x_rows(X, T, w->in, kp, (uint16_t *)xpacked);
+    else {
+        float *xf = (float *)xpacked;
+        for (long t = 0; t < T; t++)
+            for (long k = 0; k < kp; k++) xf[t * kp + k] = k < w->in ? bf16_to_f32(f32_to_bf16(X[t * w->in + k])) : 0.0f;
+    }
+    if (threads < 1) threads = 1;
+    if (threads > nstrips) threads = (int)nstrips;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|: failed)
+    {
+        uint16_t *strip = (uint16_t *)aligned((size_t)STRIP * kp * 2);
+        float *fs = variant == V_PORTABLE ? (float *)aligned((size_t)STRIP * kp * 4) : NULL;
+        if (!strip || (variant == V_PORTABLE && !fs)) failed = 1;
+#ifdef CSM_X86
+        if (!failed && variant == V_AMX) amx_configure();
+#endif
+        /* threads claim GROUP strips at a time, so each knows its next strip and can prefetch it */
+        #pragma omp for schedule(dynamic, 1)
+        for (long g = 0; g < (nstrips + GROUP - 1) / GROUP; g++)
+        for (long s = g * GROUP; s < nstrips && s < (g + 1) * GROUP; s++) {
+            if (failed) continue;
+            long n0 = s * STRIP;
+#ifdef CSM_X86
+            if (variant != V_PORTABLE) {
+                StripView sv = {strip, KB, STRIP * KB};
+                int direct = w->bf16 && w->in % KB == 0;
+                if (direct && n0 + STRIP <= w->out) {
+                    sv.p = w->bf16 + n0 * w->in;
+                    sv.row = w->in;
+                    sv.slice = KB;
+                } else {
+                    strip_bf16_avx512(&wk, n0, strip);
+                }
+                if (variant == V_AMX) {
+                    /* the next strip of this group: its bf16 rows or its codes, if they fit L2 with room */
+                    long next = n0 + STRIP, row_bytes = w->bf16 ? w->in * 2 : w->in * w->bits / 8;
+                    long rows = next + STRIP <= w->out ? STRIP : w->out - next;
+                    Prefetch pf = {(const char *)(w->bf16 ? (const void *)(w->bf16 + next * w->in)
+                                                          : (const void *)(w->q + next * row_bytes)),
+                                   row_bytes, rows, rows * (row_bytes / 64), 0};
+                    int want = s + 1 < (g + 1) * GROUP && rows > 0 && rows * row_bytes <= PREFETCH_MAX
+                               && w->bits != 4; /* int4: dequantizing is the cost, the codes stream fine */
+                    strip_amx(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0, want ? &pf : NULL);
+                } else {
+                    strip_avx512(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0);
+                }
+                continue;
+            }
+#endif
+            strip_bf16_portable(&wk, n0, strip);
+            /* the portable kernel sums float32 copies, laid out row by row */
+            for (long r = 0; r < STRIP; r++)
+                for (long kb = 0; kb < kp / KB; kb++)
+                    for (int i = 0; i < KB; i++) fs[r * kp + kb * KB + i] = bf16_to_f32(strip[(kb * STRIP + r) * KB + i]);
+            strip_portable(fs, (const float *)xpacked, T, kp, Y, w->out, n0);
+        }
+#ifdef CSM_X86
+        if (!failed && variant == V_AMX) amx_release();
+#endif
+        free(strip);
+        free(fs);
+    }
+    free(xpacked);
+    return failed ? -2 : 0;
+}
+
+/* Entry points. Return 0, -1 when the variant cannot run here, -2 when out of memory,
+ * -3 for a layout the kernels do not take. */
+int csm_gemm_bf16_variant(int variant, const float *X, long T, long in, const uint16_t *W, long out, float *Y, int threads) {
+    Weights w = {W, NULL, NULL, NULL, out, in, 0, 1, 16};
+    return gemm(variant, X, T, &w, Y, threads);
+}
+
+int csm_gemm_q_variant(int variant, const float *X, long T, long in, const uint8_t *Wq, const float *scales,
+                       const float *biases, long out, int group, int bits, float *Y, int threads) {
+    if ((bits != 8 && bits != 4) || group < KB || group % KB || in % group) return -3;
+    Weights w = {NULL, Wq, scales, biases, out, in, 0, group, bits};
+    return gemm(variant, X, T, &w, Y, threads);
+}
+
+void csm_gemm_bf16(const float *X, long T, long in, const uint16_t *W, long out, float *Y, int threads) {
+    csm_gemm_bf16_variant(csm_gemm_best(), X, T, in, W, out, Y, threads);
+}
+
+void csm_gemm_q(const float *X, long T, long in, const uint8_t *Wq, const float *scales,
+                const float *biases, long out, int group, int bits, float *Y, int threads) {
+    csm_gemm_q_variant(csm_gemm_best(), X, T, in, Wq, scales, biases, out, group, bits, Y, threads);
+}
