@@ -144,6 +144,12 @@ class Conversation:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def cache_key(self) -> tuple:
+        """The generator's KV-cache key of this session: its turns reuse their own history even
+        while other sessions take turns on the same model."""
+        return ("session", str(self.session))
+
     def __repr__(self) -> str:
         return f"Conversation({self.store!r}, session={self.session!r}, turns={len(self._turns)})"
 
@@ -359,7 +365,8 @@ class Conversation:
         started = time.perf_counter()
         results = model.generate_turn(turn, temperature=temperature, top_k=top_k, seed=seed,
                                       stream=stream, streaming_interval=streaming_interval,
-                                      reuse_cache=self.reuse_cache)  # bad input raises here
+                                      reuse_cache=self.reuse_cache,  # bad input raises here
+                                      cache_key=self.cache_key)
         return self._run_turn(results, started, speaker, plan, params, meta,
                               [] if stored is None else stored)
 
