@@ -33,7 +33,7 @@ import numpy as np
 from engine.audio import resample, save_audio
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
 from engine.segment import SAMPLE_RATE, Segment
-from storage import SessionNotFoundError, Store, StoredSegment
+from storage import ConcurrentWriteError, SessionNotFoundError, Store, StoredSegment
 
 from .budget import Window, choose_window
 from engine.constants import DEFAULT_MODEL
@@ -41,6 +41,12 @@ from engine.constants import DEFAULT_MODEL
 DEFAULT_MAX_AUDIO_LENGTH_MS = 90_000
 DEFAULT_CONTEXT_LIMIT = 2048  # CSM-1B's backbone positions, when the model does not say
 MIN_TURN_ROWS = 80  # a short line's text rows and ~5 s of frames: room a pinned voice must leave
+
+
+class SessionBusyError(InputError):
+    """A turn was asked of a session while another turn of it is being generated (or another
+    writer stored one meanwhile): turns of a session are spoken one after another, each hearing
+    the ones before it."""
 
 
 @attrs.frozen(eq=False)
@@ -99,6 +105,7 @@ class Conversation:
         self.reuse_cache = reuse_cache
         self._owns_store = owns_store
         self._revision: int | None = None
+        self._turn_in_flight = False  # one writer per session: see _generate
         self._turns: list[StoredSegment] = []
         self._voices: dict[int, StoredSegment] = {}
         self._rows: dict[int, int] = {}  # segment id -> backbone rows (tokenizer-dependent)
@@ -148,6 +155,12 @@ class Conversation:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def cache_key(self) -> tuple:
+        """The generator's KV-cache key of this session: its turns reuse their own history even
+        while other sessions take turns on the same model."""
+        return ("session", str(self.session))
 
     def __repr__(self) -> str:
         return f"Conversation({self.store!r}, session={self.session!r}, turns={len(self._turns)})"
@@ -410,11 +423,27 @@ class Conversation:
         length_ms, streaming_interval = checked["max_audio_length_ms"], checked["streaming_interval"]
         if meta is not None and not isinstance(meta, dict):
             raise InputError(f"meta must be a dict (the caller's own data) or None, got {type(meta).__name__}")
+        if self._turn_in_flight:
+            raise SessionBusyError(
+                f"session {self.session!r} is generating a turn now; a second one would not hear it. "
+                "Wait for that turn to finish (or cancel it), then ask again.")
+        self._turn_in_flight = True
+        try:
+            return self._start_turn(speaker, text, stream=stream, temperature=temperature,
+                                    top_k=top_k, seed=seed, length_ms=length_ms, meta=meta,
+                                    streaming_interval=streaming_interval, stored=stored)
+        except BaseException:
+            self._turn_in_flight = False
+            raise
+
+    def _start_turn(self, speaker, text, *, stream, temperature, top_k, seed, length_ms, meta,
+                    streaming_interval, stored) -> Iterator:
         model = self.model
         # The model's own rule for what is spoken; it is what the turn stores, so later prompts hold
         # exactly the rows the KV cache computed for it.
         spoken = model.spoken_text(text)
         self._sync()
+        revision = self._revision  # what this turn hears; storing it checks nobody wrote since
         plan = self._plan(speaker, spoken, length_ms)
         params = {
             "temperature": float(temperature),
@@ -430,11 +459,12 @@ class Conversation:
         started = time.perf_counter()
         results = model.generate_turn(turn, temperature=temperature, top_k=top_k, seed=seed,
                                       stream=stream, streaming_interval=streaming_interval,
-                                      reuse_cache=self.reuse_cache)  # bad input raises here
+                                      reuse_cache=self.reuse_cache,  # bad input raises here
+                                      cache_key=self.cache_key)
         return self._run_turn(results, started, speaker, plan, params, meta,
-                              [] if stored is None else stored)
+                              [] if stored is None else stored, revision)
 
-    def _run_turn(self, results, started, speaker, plan, params, meta, stored) -> Iterator:
+    def _run_turn(self, results, started, speaker, plan, params, meta, stored, revision) -> Iterator:
         chunks, codes, first = [], None, None
         try:
             for result in results:
@@ -446,15 +476,17 @@ class Conversation:
                 if result.is_final:
                     stored.append(self._store_generated(
                         speaker, result.text, codes, chunks, result, first, plan, params, meta,
-                        time.perf_counter() - started,
+                        time.perf_counter() - started, revision,
                     ))
                 yield result
         finally:
+            self._turn_in_flight = False
             close = getattr(results, "close", None)
             if close is not None:
                 close()
 
-    def _store_generated(self, speaker, spoken, codes, chunks, result, first, plan, params, meta, wall):
+    def _store_generated(self, speaker, spoken, codes, chunks, result, first, plan, params, meta, wall,
+                         revision=None):
         audio = np.concatenate(chunks) if chunks else None
         timing = {
             "time_to_first_audio": _float(getattr(first, "time_to_first_audio", None)),
@@ -468,18 +500,29 @@ class Conversation:
             "prompt_rows": plan.window.pinned_rows + plan.window.history_rows + plan.text_rows,
             "pruned": plan.window.pruned,
         }
+        if revision == -1:  # generated before the session existed: it must still be new (revision 0)
+            revision = 0
         self._ensure_session()
-        row = self.store.append_turn(
-            self.session, speaker=speaker, text=spoken, codes=codes, source="generated",
-            audio=audio if (self.store_audio and audio is not None) else None,
-            sample_rate=int(getattr(result, "sample_rate", SAMPLE_RATE) or SAMPLE_RATE),
-            params=params, seed=getattr(result, "seed", None), timing=timing, meta=meta,
-            window_start=plan.window.start,
-        )
+        try:
+            row = self._append_generated(speaker, spoken, codes, audio, result, params, timing, meta,
+                                         plan, revision)
+        except ConcurrentWriteError as error:
+            self._revision = None
+            raise SessionBusyError(str(error)) from None
         self._revision = None
         if audio is not None:
             self._audio[row.id] = audio
         return Segment(speaker, spoken, audio=audio, codes=codes)
+
+    def _append_generated(self, speaker, spoken, codes, audio, result, params, timing, meta, plan,
+                          revision):
+        return self.store.append_turn(
+            self.session, speaker=speaker, text=spoken, codes=codes, source="generated",
+            audio=audio if (self.store_audio and audio is not None) else None,
+            sample_rate=int(getattr(result, "sample_rate", SAMPLE_RATE) or SAMPLE_RATE),
+            params=params, seed=getattr(result, "seed", None), timing=timing, meta=meta,
+            window_start=plan.window.start, expected_revision=revision,
+        )
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -235,6 +235,8 @@ class Request:
         self.clock = _Clock()
         self.outbox: list[GeneratedChunk] = []
         self.emit: Callable[[GeneratedChunk], None] = self.outbox.append
+        self.error: BaseException | None = None  # why it failed (batched runs)
+        self.owner = None  # who drives it (engine/scheduler.py)
 
     @property
     def prefilled(self) -> bool:
@@ -324,6 +326,24 @@ class Generator:
         self.block = int(prefill_block)
         self.streams = StreamStore(backend, max_positions, cache_bytes)
         self._request = 0  # bumped by every request
+        self.scheduler = None  # engine/scheduler.py, when requests are batched (see `batch`)
+
+    def batch(self, max_batch: int = 8, prefill_chunks: int = 1):
+        """Batch requests from now on: `generate` submits to a Scheduler, and iterating any
+        request's chunks advances all of them together (one thread drives them). -> the Scheduler.
+        max_batch=1 runs requests one after another (no batching)."""
+        from engine.scheduler import Scheduler
+
+        if self.scheduler is not None and not self.scheduler.idle():
+            raise InputError("requests are running: let them finish before changing the batch")
+        self.scheduler = Scheduler(self, max_batch=max_batch, prefill_chunks=prefill_chunks)
+        return self.scheduler
+
+    def unbatch(self) -> None:
+        """Back to one request at a time in the caller's thread."""
+        if self.scheduler is not None and not self.scheduler.idle():
+            raise InputError("requests are running: let them finish before changing the batch")
+        self.scheduler = None
 
     # -- cache state (of one key; None: the calls that name no key) ----------------------------
 
@@ -531,13 +551,16 @@ class Generator:
 
         Yields GeneratedChunk: one at the end, or (stream=True) one every `chunk_frames` frames
         plus a final one (which may hold no frames when the utterance ended right after a chunk).
-        `on_frame(frames_so_far, max_frames)` is called after every audio frame. A newer request on
-        the same key takes its stream over: this one then raises InputError when resumed.
+        `on_frame(frames_so_far, max_frames)` is called after every audio frame. Unbatched, a newer
+        request on the same key takes its stream over: this one then raises InputError when resumed.
+        Batched (`batch`), a request whose key is busy gets a stream of its own for its duration.
         """
-        request = self.admit(tokens, mask, max_frames=max_frames, draw=draw, cap_reason=cap_reason,
-                             stream=stream, chunk_frames=chunk_frames, reuse_cache=reuse_cache,
-                             decode=decode, on_frame=on_frame, cache_key=cache_key, take_over=True)
-        return self._run(request)
+        options = dict(max_frames=max_frames, draw=draw, cap_reason=cap_reason, stream=stream,
+                       chunk_frames=chunk_frames, reuse_cache=reuse_cache, decode=decode,
+                       on_frame=on_frame, cache_key=cache_key)
+        if self.scheduler is not None:  # batched: submitted now, advanced with the others
+            return self.scheduler.iterate(self.scheduler.submit(tokens, mask, **options))
+        return self._run(self.admit(tokens, mask, take_over=True, **options))
 
     def _run(self, request: Request) -> Iterator[GeneratedChunk]:
         try:

@@ -454,34 +454,37 @@ class CSMModel:
                 cap_reason=plan.cap_reason, stream=stream, chunk_frames=chunk_frames or 1,
                 reuse_cache=reuse_cache, on_frame=on_frame, cache_key=cache_key,
             )
-            for chunk in chunks:
-                audio = chunk.audio if chunk.audio is not None else mx.zeros((0,), mx.float32)
-                if watermark and not stream and audio.shape[0]:
-                    audio = mx.array(apply_watermark(np.array(audio), self.sample_rate))
-                seconds_so_far = len(chunk.frames) / FRAME_RATE
-                samples = int(audio.shape[0])
-                yield GenerationResult(
-                    audio=audio,
-                    sample_rate=self.sample_rate,
-                    codes=chunk.codes,
-                    frames=chunk.frames,
-                    samples=samples,
-                    audio_duration=samples / self.sample_rate,
-                    real_time_factor=(chunk.compute_seconds / seconds_so_far) if seconds_so_far else 0.0,
-                    time_to_first_audio=chunk.first_audio_time - started,
-                    prefill_tokens=chunk.prefill_tokens,
-                    cached_tokens=chunk.cached_tokens,
-                    peak_memory=_peak_memory_gb(),
-                    text=plan.text,
-                    speaker=plan.speaker,
-                    segment_index=index,
-                    chunk_index=chunk.chunk_index,
-                    is_final=chunk.is_final,
-                    stop_reason=chunk.stop_reason,
-                    seed=seed,
-                    compute_seconds=chunk.compute_seconds,
-                    prompt_tokens=chunk.prefill_tokens + chunk.cached_tokens,
-                )
+            try:
+                for chunk in chunks:
+                    audio = chunk.audio if chunk.audio is not None else mx.zeros((0,), mx.float32)
+                    if watermark and not stream and audio.shape[0]:
+                        audio = mx.array(apply_watermark(np.array(audio), self.sample_rate))
+                    seconds_so_far = len(chunk.frames) / FRAME_RATE
+                    samples = int(audio.shape[0])
+                    yield GenerationResult(
+                        audio=audio,
+                        sample_rate=self.sample_rate,
+                        codes=chunk.codes,
+                        frames=chunk.frames,
+                        samples=samples,
+                        audio_duration=samples / self.sample_rate,
+                        real_time_factor=(chunk.compute_seconds / seconds_so_far) if seconds_so_far else 0.0,
+                        time_to_first_audio=chunk.first_audio_time - started,
+                        prefill_tokens=chunk.prefill_tokens,
+                        cached_tokens=chunk.cached_tokens,
+                        peak_memory=_peak_memory_gb(),
+                        text=plan.text,
+                        speaker=plan.speaker,
+                        segment_index=index,
+                        chunk_index=chunk.chunk_index,
+                        is_final=chunk.is_final,
+                        stop_reason=chunk.stop_reason,
+                        seed=seed,
+                        compute_seconds=chunk.compute_seconds,
+                        prompt_tokens=chunk.prefill_tokens + chunk.cached_tokens,
+                    )
+            finally:  # a request left early is cancelled now (batched: it leaves the batch)
+                chunks.close()
 
 
 @attrs.frozen(eq=False)

@@ -8,6 +8,7 @@ No MLX, no engine imports.
 
 from .copy import copy_sessions
 from .errors import (
+    ConcurrentWriteError,
     ConstraintError,
     DamagedDatabaseError,
     ForeignDatabaseError,
@@ -24,6 +25,7 @@ from . import postgres, sqlite  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "LATEST_VERSION",
+    "ConcurrentWriteError",
     "ConstraintError",
     "DamagedDatabaseError",
     "ForeignDatabaseError",

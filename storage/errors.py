@@ -30,5 +30,10 @@ class ForeignDatabaseError(StorageError):
     it."""
 
 
+class ConcurrentWriteError(StorageError):
+    """Another writer changed the session since the caller read it (its revision moved on), so a
+    turn generated from the older state is not stored."""
+
+
 class ConstraintError(StorageError):
     """A write broke one of the schema's rules (a unique index, a foreign key, NOT NULL)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .blobs import audio_to_flac, blob_to_codes, codes_to_blob, flac_to_audio
-from .errors import DamagedDatabaseError, SessionNotFoundError, StorageError
+from .errors import ConcurrentWriteError, DamagedDatabaseError, SessionNotFoundError, StorageError
 from .records import SessionInfo, StoredSegment, StoredVoice
 from .schema import SOURCES, utc_now
 
@@ -289,14 +289,24 @@ class Store:
         timing: dict | None = None,
         meta: dict | None = None,
         window_start: int | None = None,
+        expected_revision: int | None = None,
     ) -> StoredSegment:
-        """Append one turn at the end of the session, in one transaction."""
+        """Append one turn at the end of the session, in one transaction. With
+        `expected_revision` (the `revision()` the turn was generated from), a session another
+        writer changed since raises ConcurrentWriteError and nothing is stored."""
         if source not in SOURCES or source == "voice_prompt":
             raise StorageError(f"a turn's source must be 'generated' or 'recorded', not {source!r}")
         row = self._segment_row(speaker, text, codes, source, audio, sample_rate, params, seed,
                                 timing, meta, window_start)
         with self.transaction():
             session_id = self._session_id(session, lock=True)  # one writer per session from here
+            if expected_revision is not None:
+                now = int(self._rows("SELECT revision FROM sessions WHERE id = ?", [session_id])[0]["revision"])
+                if now != int(expected_revision):
+                    raise ConcurrentWriteError(
+                        f"session {session!r} changed while this turn was generated (revision "
+                        f"{expected_revision} -> {now}): another writer added to it, so this turn "
+                        "did not hear the latest turns and is not stored; generate it again")
             last = self._rows("SELECT MAX(idx) AS m FROM segments WHERE session_id = ?", [session_id])
             row.update(session_id=session_id, idx=0 if last[0]["m"] is None else int(last[0]["m"]) + 1)
             self._bump(session_id)

@@ -292,13 +292,15 @@ def test_bad_speech_requests_get_openai_errors(server):
                                           response_format="aac")
 
 
-def test_model_work_runs_on_the_one_worker_thread_one_request_at_a_time(server):
+def test_model_work_runs_on_the_one_worker_thread(server):
+    """Every generation runs on the worker thread, however many requests arrive at once (up to
+    --max-batch of them side by side, their frames batched)."""
     backend = server.app.state.csm.backend
     threads, active, most = [], [0], [0]
-    originals = {name: getattr(backend.model, name) for name in ("generate", "generate_turn")}
+    originals = backend.model.generate, backend.model.generate_turn
 
     def recording(original):
-        def generate(*args, **kwargs):
+        def call(*args, **kwargs):
             threads.append(threading.current_thread())
             active[0] += 1
             most[0] = max(most[0], active[0])
@@ -307,10 +309,9 @@ def test_model_work_runs_on_the_one_worker_thread_one_request_at_a_time(server):
             finally:
                 active[0] -= 1
 
-        return generate
+        return call
 
-    for name, original in originals.items():  # speech calls generate, a session turn generate_turn
-        setattr(backend.model, name, recording(original))
+    backend.model.generate, backend.model.generate_turn = map(recording, originals)
     try:
         replies = [None] * 4
 
@@ -327,10 +328,9 @@ def test_model_work_runs_on_the_one_worker_thread_one_request_at_a_time(server):
         created = server.http.post("/v1/sessions", json={"voices": {"0": "conversational_a"}})
         assert _turn(server, created.json()["id"], 0, "On the worker.").status_code == 200
     finally:
-        for name, original in originals.items():
-            setattr(backend.model, name, original)
+        backend.model.generate, backend.model.generate_turn = originals
     assert len(threads) == 5 and all(t is server.worker.thread for t in threads)
-    assert most[0] == 1
+    assert 1 <= most[0] <= server.worker.max_batch
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,13 @@ def _api_key(given: str | None, key_file: Path | None) -> str | None:
     return key
 
 
+def _finite(ctx, param, value):
+    """click's FloatRange lets nan through (it compares false with both bounds)."""
+    if value is not None and value != value:
+        raise click.BadParameter("must be a number, not nan")
+    return value
+
+
 @click.command("serve")
 @model_option()
 @click.option("--db", type=Database(), default=None,
@@ -71,6 +78,17 @@ def _api_key(given: str | None, key_file: Path | None) -> str | None:
 @click.option("--max-queue", "--max_queue", "max_queue", type=click.IntRange(1, 10_000), default=8,
               show_default=True,
               help="Generation requests that may wait; more get 503 with Retry-After.")
+@click.option("--max-batch", "--max_batch", "max_batch", type=click.IntRange(1, 256), default=8,
+              show_default=True,
+              help="Generation requests computed together, frame by frame (1: one at a time). "
+                   "More wait in the queue.")
+@click.option("--kv-cache-gb", "--kv_cache_gb", "kv_cache_gb", type=click.FloatRange(0, 4096),
+              default=None, callback=_finite,
+              help="Memory for the sessions' KV caches (least recently used go first; a "
+                   "full-size session is ~64 MB). Default: 1/8 of the machine's memory.")
+@click.option("--max-audio-ms", "--max_audio_ms", "max_audio_ms", type=click.FloatRange(80, 163_840),
+              default=None, callback=_finite,
+              help="The most audio one request may ask for (max_audio_length_ms above it: 400).")
 @click.option("--max-upload-mb", "--max_upload_mb", "max_upload_mb", type=click.FloatRange(0.01, 1024),
               default=16.0, show_default=True, help="Largest voice clip upload (413 above).")
 @click.option("--api-key", "--api_key", "api_key", default=None,
@@ -81,12 +99,13 @@ def _api_key(given: str | None, key_file: Path | None) -> str | None:
               help="Read the API key from this file (its first line).")
 @click.option("--log-level", "--log_level", "log_level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(model: str, db: Path | None, host: str, port: int, max_queue: int,
-          max_upload_mb: float, api_key: str | None, api_key_file: Path | None,
-          log_level: str) -> None:
+def serve(model: str, db: Path | None, host: str, port: int, max_queue: int, max_batch: int,
+          kv_cache_gb: float | None, max_audio_ms: float | None, max_upload_mb: float,
+          api_key: str | None, api_key_file: Path | None, log_level: str) -> None:
     """Serve speech over HTTP: OpenAI-compatible /v1/audio/speech plus sessions.
 
-    One model is loaded; generation requests run one at a time in arrival order.
+    One model is loaded; up to --max-batch generation requests run together (their frames computed
+    in one batched step), more wait in arrival order.
     """
     api_key = _api_key(api_key, api_key_file)
     try:
@@ -104,7 +123,8 @@ def serve(model: str, db: Path | None, host: str, port: int, max_queue: int,
     from storage import StorageError
 
     app = create_app(model, db, max_queue=max_queue,
-                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key)
+                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
+                     max_batch=max_batch, kv_cache_gb=kv_cache_gb, max_audio_ms=max_audio_ms)
     click.echo(f"loading {model} ...", err=True)
     try:
         app.state.csm.start()  # on the model's own thread; a bad model or db fails here, cleanly

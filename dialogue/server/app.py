@@ -36,6 +36,7 @@ log = logging.getLogger("csm.server")
 
 DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a 30 s stereo 48 kHz WAV is ~6 MB
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # JSON bodies
+DEFAULT_MAX_AUDIO_MS = 90_000  # what a request without max_audio_length_ms may generate
 
 
 @dataclass
@@ -45,6 +46,9 @@ class ServerSettings:
     max_queue: int = 8
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     api_key: str | None = None
+    max_batch: int = 8  # generation requests whose frames are computed together
+    kv_cache_gb: float | None = None  # KV caches kept for sessions (None: sized from the machine)
+    max_audio_ms: float | None = None  # the most audio one request may ask for
 
 
 class ServerState:
@@ -52,8 +56,10 @@ class ServerState:
 
     def __init__(self, settings: ServerSettings, model=None) -> None:
         self.settings = settings
-        self.backend = Backend(settings.model, settings.db, model=model)
-        self.worker = Worker(max_queue=settings.max_queue, on_exit=self.backend.release_thread)
+        cache_bytes = None if settings.kv_cache_gb is None else int(settings.kv_cache_gb * 1024**3)
+        self.backend = Backend(settings.model, settings.db, model=model, cache_bytes=cache_bytes)
+        self.worker = Worker(max_queue=settings.max_queue, on_exit=self.backend.release_thread,
+                             max_batch=settings.max_batch)
         self.ready = False
 
     def start(self) -> None:
@@ -64,19 +70,27 @@ class ServerState:
             return
         self.worker.start()
         self.worker.call(self.backend.load, label="load model")
+        if self.settings.max_batch > 1:  # requests share the frame loop
+            self.worker.call(lambda: self.worker.attach(self.backend.batch(self.settings.max_batch)),
+                             label="batch")
         self.ready = True
         log.info("model %s loaded", self.settings.model)
 
 
 def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
                max_queue: int = 8, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               api_key: str | None = None, loaded_model=None) -> FastAPI:
-    """The server application. `loaded_model` skips loading (it must not be used elsewhere)."""
+               api_key: str | None = None, loaded_model=None, max_batch: int = 8,
+               kv_cache_gb: float | None = None, max_audio_ms: float | None = None) -> FastAPI:
+    """The server application. `loaded_model` skips loading (it must not be used elsewhere).
+    `max_batch`: requests generated together (1: one at a time); `kv_cache_gb`: KV caches kept
+    for sessions; `max_audio_ms`: the most audio one request may ask for."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise InputError("the API key is empty, which would leave the server open to anyone: "
                          "give a key, or pass api_key=None for no authentication")
     settings = ServerSettings(model=model, db=db, max_queue=max_queue,
-                              max_upload_bytes=max_upload_bytes, api_key=api_key)
+                              max_upload_bytes=max_upload_bytes, api_key=api_key,
+                              max_batch=max_batch, kv_cache_gb=kv_cache_gb,
+                              max_audio_ms=max_audio_ms)
     state = ServerState(settings, model=loaded_model)
 
     @asynccontextmanager
@@ -132,11 +146,18 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def _generation_options(body) -> dict[str, Any]:
+def _generation_options(body, max_audio_ms: float | None = None) -> dict[str, Any]:
     options = {"temperature": body.temperature, "top_k": body.top_k, "seed": body.seed,
                "streaming_interval": body.streaming_interval}
     if body.max_audio_length_ms is not None:
+        if max_audio_ms is not None and body.max_audio_length_ms > max_audio_ms:
+            raise APIError(400, f"max_audio_length_ms {body.max_audio_length_ms:g} is over this "
+                           f"server's limit of {max_audio_ms:g} ms (--max-audio-ms); ask for less "
+                           "audio or split the text", param="max_audio_length_ms",
+                           code="over_limit")
         options["max_audio_length_ms"] = body.max_audio_length_ms
+    elif max_audio_ms is not None:
+        options["max_audio_length_ms"] = min(max_audio_ms, DEFAULT_MAX_AUDIO_MS)
     return options
 
 
@@ -189,7 +210,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         worker = state.worker
         return {"status": "ok" if state.ready else "starting", "model": state.settings.model,
                 "busy": worker.busy(), "queued": worker.queued(), "max_queue": worker.max_queue,
-                **worker.stats}
+                "active_streams": worker.active(), "max_batch": worker.max_batch,
+                "cached_sessions": backend.cached_sessions(), **worker.stats}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -215,7 +237,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
         if voice is not None and not is_safe_name(voice):
             raise APIError(404, f"unknown voice {voice!r}; GET /v1/voices lists them",
                            param="voice", code="voice_not_found")
-        options = _generation_options(body)
+        options = _generation_options(body, state.settings.max_audio_ms)
         streaming = body.streaming
         job = submit(request, lambda job: backend.speech(body.input, voice, body.speaker, options),
                      label="speech")
@@ -335,7 +357,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
     async def add_turn(session_id: str, body: TurnRequest, request: Request) -> Response:
         name = session_name(session_id)
         fmt = _check_output(body)
-        options = _generation_options(body)
+        options = _generation_options(body, state.settings.max_audio_ms)
         streaming = body.streaming
         job = submit(request, lambda job: backend.turn(name, body.speaker, body.input, options),
                      "turn")

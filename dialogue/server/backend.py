@@ -41,8 +41,10 @@ def _chunk_from_result(result) -> AudioChunk:
 class Backend:
     """Model, store and conversations; used only from the worker thread."""
 
-    def __init__(self, model_name: str, db_path: str | Path | None, model=None) -> None:
+    def __init__(self, model_name: str, db_path: str | Path | None, model=None,
+                 cache_bytes: int | None = None) -> None:
         self.model_name = model_name
+        self.cache_bytes = cache_bytes
         from storage import is_postgres_url
 
         # an SQLite file, or a postgresql:// URL (kept as given: a Path would mangle it)
@@ -56,7 +58,9 @@ class Backend:
         if self.model is None:
             from engine import load_model
 
-            self.model = load_model(self.model_name)
+            self.model = load_model(self.model_name, cache_bytes=self.cache_bytes)
+        elif self.cache_bytes is not None:
+            self.model.generator.streams.budget_bytes = self.cache_bytes
         if self.db_path is not None:
             self.store = self.open_store()
             if self.store.shares_voices and getattr(self.model, "voices", None) is not None:
@@ -66,6 +70,15 @@ class Backend:
 
                 self._local_voices = self.model.voices  # put back by close()
                 self.model.voices = DatabaseVoices(self.model.voices, self.store)
+
+    def batch(self, max_batch: int):
+        """Batch the model's generation requests (engine/scheduler.py); -> the Scheduler."""
+        return self.model.generator.batch(max_batch=max_batch)
+
+    def cached_sessions(self) -> int:
+        """Conversations whose KV cache the generator holds (anonymous requests share one)."""
+        generator = getattr(self.model, "generator", None)
+        return len(generator.streams) if generator is not None else 0
 
     def open_store(self):
         from storage import open_store

@@ -106,6 +106,10 @@ def _as_api_error(error: BaseException) -> APIError:
         return APIError(400, str(error), code="invalid_audio")
     if isinstance(error, VoiceError):
         return APIError(400, str(error), param="voice", code="invalid_voice")
+    from dialogue.conversation import SessionBusyError
+
+    if isinstance(error, SessionBusyError):  # one writer per session
+        return APIError(409, str(error), param="session_id", code="session_busy")
     if isinstance(error, InputError):
         return APIError(400, str(error), code="invalid_input")
     try:

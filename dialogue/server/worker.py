@@ -11,6 +11,14 @@ not stored) and moves on to the next job. A job cancelled while still queued nev
 
 The queue is bounded: `submit` raises QueueFull at once when it is full, with a Retry-After
 estimate from the average job time, so the server can answer 503 without waiting.
+
+Batching (`max_batch` > 1, with the model generator's Scheduler attached by `attach`): up to
+max_batch jobs run at once, interleaved on this one thread. A job whose generation request waits
+for frames is parked; the worker steps the jobs that have output (or are not generating), and when
+every job waits it advances the scheduler, which moves all their requests on by one frame in one
+batched step. While one job waits inside a long step (a newcomer's prefill, a whole-file request),
+the scheduler's `on_advance` hook lets the worker hand out the other jobs' chunks, so their
+streams do not freeze. Cancellation and disconnects stay per job.
 """
 
 from __future__ import annotations
@@ -100,19 +108,27 @@ class Job:
 
 
 class Worker:
-    """The single model thread and its bounded queue of jobs."""
+    """The single model thread, its bounded queue of jobs, and the jobs it runs side by side."""
 
     def __init__(self, max_queue: int = 8, name: str = "csm-model",
-                 on_exit: Callable[[], None] | None = None) -> None:
-        """`on_exit` runs on the worker thread as it ends (MLX wants its streams freed there)."""
+                 on_exit: Callable[[], None] | None = None, max_batch: int = 1) -> None:
+        """`on_exit` runs on the worker thread as it ends (MLX wants its streams freed there).
+        `max_batch`: jobs run at once (their frames batched once a scheduler is attached)."""
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self._on_exit = on_exit
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopping = False
-        self.current: Job | None = None
+        self.running: list[Job] = []  # started, not finished
+        self._executing: list[Job] = []  # jobs inside next() now (nested while one waits)
+        self._iterators: dict[int, Any] = {}
+        self._began: dict[int, float] = {}
+        self.scheduler = None
         self.stats = {"completed": 0, "cancelled": 0, "failed": 0}
         self._mean_job_s = 5.0  # running estimate used for Retry-After
 
@@ -120,9 +136,18 @@ class Worker:
     def thread(self) -> threading.Thread:
         return self._thread
 
+    @property
+    def current(self) -> Job | None:
+        return self.running[0] if self.running else None
+
     def start(self) -> None:
         if not self._thread.is_alive():
             self._thread.start()
+
+    def attach(self, scheduler) -> None:
+        """Batch the jobs' generation through `scheduler` (engine/scheduler.py). Worker thread only."""
+        self.scheduler = scheduler
+        scheduler.on_advance = self._hand_out
 
     def call(self, fn: Callable[[], Any], label: str = "call", timeout: float | None = None) -> Any:
         """Run `fn()` on the worker thread and wait for its value, from outside any event loop
@@ -142,8 +167,8 @@ class Worker:
     def stop(self, timeout: float | None = 30.0) -> None:
         """Cancel waiting and running jobs and end the thread."""
         self._stopping = True
-        if self.current is not None:
-            self.current.cancel()
+        for job in list(self.running):
+            job.cancel()
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -163,12 +188,16 @@ class Worker:
         return self._queue.qsize()
 
     def busy(self) -> bool:
-        return self.current is not None
+        return bool(self.running)
+
+    def active(self) -> int:
+        """Jobs running now."""
+        return len(self.running)
 
     def retry_after(self) -> int:
         """Seconds a client should wait before trying again (at least 1)."""
-        waiting = self._queue.qsize() + (1 if self.current is not None else 0)
-        return max(1, math.ceil(self._mean_job_s * max(1, waiting)))
+        waiting = self._queue.qsize() + len(self.running)
+        return max(1, math.ceil(self._mean_job_s * max(1, waiting) / self.max_batch))
 
     def submit(self, fn: Callable[[Job], Iterable[Any]], label: str = "job",
                loop: asyncio.AbstractEventLoop | None = None) -> Job:
@@ -192,47 +221,105 @@ class Worker:
         try:
             self._serve_jobs()
         finally:
+            for job in list(self.running):
+                self._leave(job, "cancelled", WorkerStopped("the server is shutting down"))
             if self._on_exit is not None:
                 self._on_exit()
 
     def _serve_jobs(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            if not self._take_jobs():
                 return
+            self._step_some()
+
+    def _take_jobs(self) -> bool:
+        """Start queued jobs while there is room (waiting for one when nothing runs). False at
+        the stop signal."""
+        while len(self.running) < self.max_batch:
+            try:
+                job = self._queue.get(block=not self.running)
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
             if job.cancelled.is_set():  # cancelled while waiting: never started
                 self._finish(job, "cancelled", JobCancelled("the request was cancelled"))
                 continue
-            self.current = job
             job.started.set()
-            began = time.perf_counter()
-            try:
-                self._run_job(job)
-            finally:
-                self.current = None
-                elapsed = time.perf_counter() - began
-                self._mean_job_s = 0.8 * self._mean_job_s + 0.2 * elapsed
+            self._began[id(job)] = time.perf_counter()
+            self.running.append(job)
+        return True
 
-    def _run_job(self, job: Job) -> None:
-        iterator = None
+    def _waiting_for_frames(self, job: Job) -> bool:
+        """Whether the job's generation request has nothing to hand out yet."""
+        if self.scheduler is None:
+            return False
+        return any(r.owner is job and not r.outbox and not r.done for r in self.scheduler.requests)
+
+    def _step_some(self) -> None:
+        """Step one job that can make progress; when all wait for frames, advance the batch."""
+        self._drop_cancelled()
+        for job in list(self.running):
+            if job not in self._executing and not self._waiting_for_frames(job):
+                self.running.remove(job)  # round robin: it goes to the back
+                self.running.append(job)
+                self._step(job)
+                return
+        if self.scheduler is not None and not self.scheduler.idle():
+            self.scheduler.advance()
+
+    def _hand_out(self) -> None:
+        """After each scheduler step: step the other jobs that have chunks ready (not the ones
+        inside next() now), and drop cancelled ones."""
+        self._drop_cancelled()
+        for job in list(self.running):
+            if job in self._executing or self.scheduler is None:
+                continue
+            if any(r.owner is job and r.outbox for r in self.scheduler.requests):
+                self._step(job)
+
+    def _drop_cancelled(self) -> None:
+        for job in list(self.running):
+            if job.cancelled.is_set() and job not in self._executing:
+                # GeneratorExit inside the job's generator: a turn is not stored, its request
+                # leaves the batch. An error, not a normal end: whoever still reads must not take
+                # the cut-short output for a complete one.
+                _close(self._iterators.get(id(job)))
+                self._leave(job, "cancelled", JobCancelled("the request was cancelled"))
+
+    def _step(self, job: Job) -> None:
+        """One item of `job` (starting it on first use)."""
+        self._executing.append(job)
+        previous = self.scheduler.owner if self.scheduler is not None else None
+        if self.scheduler is not None:
+            self.scheduler.owner = job
         try:
-            iterator = iter(job.fn(job))
-            while not job.cancelled.is_set():
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    self._finish(job, "completed")
-                    return
-                job._post(_ITEM, item)
-            _close(iterator)  # GeneratorExit inside the job's generator: a turn is not stored
-            # An error, not a normal end: whoever still reads must not take the cut-short
-            # output for a complete one.
-            self._finish(job, "cancelled", JobCancelled("the request was cancelled"))
+            iterator = self._iterators.get(id(job))
+            if iterator is None:
+                iterator = self._iterators[id(job)] = iter(job.fn(job))
+            item = next(iterator)
+        except StopIteration:
+            self._leave(job, "completed")
         except BaseException as error:  # report every failure to the waiting request
-            _close(iterator)
-            self._finish(job, "failed", error)
+            _close(self._iterators.get(id(job)))
+            self._leave(job, "failed", error)
             if not isinstance(error, Exception):
                 raise
+        else:
+            job._post(_ITEM, item)
+        finally:
+            self._executing.remove(job)
+            if self.scheduler is not None:
+                self.scheduler.owner = previous
+
+    def _leave(self, job: Job, outcome: str, error: BaseException | None = None) -> None:
+        if job in self.running:
+            self.running.remove(job)
+        self._iterators.pop(id(job), None)
+        began = self._began.pop(id(job), None)
+        if began is not None:
+            self._mean_job_s = 0.8 * self._mean_job_s + 0.2 * (time.perf_counter() - began)
+        self._finish(job, outcome, error)
 
     def _finish(self, job: Job, outcome: str, error: BaseException | None = None) -> None:
         job.outcome = outcome
@@ -245,6 +332,8 @@ class Worker:
 
 
 def _close(iterator) -> None:
+    if iterator is None:
+        return
     close = getattr(iterator, "close", None)
     if close is not None:
         try:

@@ -11,9 +11,10 @@
   engine/cpu/depth.py (NumPy over bfloat16 kernels), as CSM.generate_frame does.
 
 Rows of a batch do not mix: for float32 the tests hold batched codes equal to solo codes bit for
-bit. Products over bfloat16 weights on the CPU switch kernels at engine.llama's
-FLOAT32_PRODUCT_MIN_ROWS rows (widened to float32 from there), so a batch of that many streams
-rounds its backbone rows differently from one alone (a stream's codes may then differ).
+bit. Products over half-precision weights on the CPU run row by row below engine.llama's
+FLOAT32_PRODUCT_MIN_ROWS rows and widen to float32 from there; a step there takes its rows in
+groups below that size, so every row is computed as it is alone (those products read the weights
+once per row anyway, so the groups cost nothing).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from engine.backends import Draw
 from engine.backends.mlx_draws import draw_arrays, pick
 from engine.constants import NUM_CODEBOOKS
+from engine.llama import FLOAT32_PRODUCT_MIN_ROWS
 from engine.kv_cache import KVCache
 
 _FRAME_MASK = np.zeros((1, NUM_CODEBOOKS + 1), np.bool_)
@@ -92,8 +94,17 @@ class MLXBackend:
         # The same row embedding as a prompt's audio row, so a frame fed back here and the same
         # frame prefilled later as context embed identically.
         embeds = self.csm.embed_rows(rows, mask)  # (B, 1, Db)
-        hidden = self.csm["backbone"].rows(embeds, [c.layers for c in caches])  # (B, 1, Db)
+        hidden = [self.csm["backbone"].rows(embeds[a:b], [c.layers for c in caches[a:b]])
+                  for a, b in self._groups(len(caches))]
+        hidden = hidden[0] if len(hidden) == 1 else mx.concatenate(hidden)  # (B, 1, Db)
         return self._frames(hidden[:, 0, :], draws)
+
+    def _groups(self, rows: int) -> list[tuple[int, int]]:
+        """Row ranges computed together: all of them, or (half-precision weights on the CPU) groups
+        small enough to keep the row-by-row kernels (see the module doc)."""
+        half = self.csm._act_dtype() in (mx.bfloat16, mx.float16) and mx.default_device() == mx.cpu
+        size = FLOAT32_PRODUCT_MIN_ROWS - 1 if half else rows
+        return [(a, min(a + size, rows)) for a in range(0, rows, size)]
 
     # -- frames ----------------------------------------------------------------------------------
     def frames_from_hidden(self, hidden: Sequence, draws: Sequence[Draw]) -> mx.array:
@@ -105,6 +116,9 @@ class MLXBackend:
         depth = self._cpu_depth()
         if depth is not None:
             return mx.concatenate([self._cpu_frame(depth, h[b:b + 1], d) for b, d in enumerate(draws)])
+        groups = self._groups(h.shape[0])
+        if len(groups) > 1:
+            return mx.concatenate([self._frames(h[a:b], draws[a:b]) for a, b in groups])
         params = draw_arrays(draws)
         if self.compile:
             fn = self._compiled_frame()

@@ -1,0 +1,68 @@
+"""The server batches concurrent requests: 4 clients at once, each with its own seed, all succeed
+and get the bytes the same requests get one by one; /health reports active streams and cached
+sessions; --max-audio-ms caps one request."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from test_server import RunningServer
+
+TEXTS = ["Hello from the first client.", "A second client speaks.", "Third one here.",
+         "And the fourth client, last."]
+
+
+def speech(server, i, **extra):
+    body = {"model": "csm-1b", "input": TEXTS[i], "voice": "conversational_a", "seed": 40 + i,
+            "max_audio_length_ms": 800, "response_format": "pcm", "stream": i % 2 == 1}
+    body.update(extra)
+    return server.http.post("/v1/audio/speech", json=body)
+
+
+@pytest.fixture(scope="module")
+def server(csm_home):
+    running = RunningServer(None, max_batch=8, max_audio_ms=5000)
+    yield running
+    running.stop()
+
+
+def test_four_clients_at_once_get_the_bytes_of_one_by_one(server):
+    alone = [speech(server, i) for i in range(4)]
+    assert all(r.status_code == 200 and r.content for r in alone)
+    replies = [None] * 4
+    seen = []
+
+    def ask(i):
+        replies[i] = speech(server, i)
+
+    def watch():
+        while any(r is None for r in replies):
+            seen.append(server.http.get("/health").json()["active_streams"])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    watcher = threading.Thread(target=watch)
+    for t in threads:
+        t.start()
+    watcher.start()
+    for t in [*threads, watcher]:
+        t.join(300)
+    assert [r.status_code for r in replies] == [200] * 4
+    for i in range(4):
+        assert replies[i].content == alone[i].content, i
+    assert max(seen) >= 2  # they ran side by side
+    assert server.app.state.csm.backend.model.generator.scheduler.peak_batch >= 2
+
+
+def test_health_reports_streams_and_sessions(server):
+    health = server.wait_idle()
+    assert health["active_streams"] == 0 and health["max_batch"] == 8
+    assert health["cached_sessions"] >= 1  # the anonymous requests' cache
+
+
+def test_max_audio_ms_caps_a_request(server):
+    reply = speech(server, 0, max_audio_length_ms=60_000)
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "max_audio_length_ms" and "5000" in error["message"]
