@@ -751,6 +751,7 @@ async function openSession(id) {
   showError($("conv-error"), null);
   const res = await api(`/v1/sessions/${enc(id)}`);
   session = await res.json();
+  history.replaceState(null, "", `#session=${enc(session.id)}`); // a reload reopens it
   renderSession();
   for (const li of $("session-list").children) li.classList.toggle("current", li.dataset.session === id);
 }
@@ -832,6 +833,7 @@ async function generateTurn(event) {
   const empty = $("turns").querySelector(".empty");
   if (empty) empty.remove();
   $("turns").append(live);
+  live.scrollIntoView({ block: "nearest" });
   const status = $("turn-status");
   const button = $("turn-generate");
   button.disabled = true;
@@ -922,6 +924,7 @@ async function deleteSession() {
     await api(`/v1/sessions/${enc(session.id)}`, { method: "DELETE" });
     session = null;
     $("session-view").hidden = true;
+    history.replaceState(null, "", location.pathname);
     await loadSessions();
   } catch (err) {
     report($("conv-error"))(err);
@@ -999,6 +1002,9 @@ function wire() {
   }, report($("voice-error")));
   $("session-form").addEventListener("submit", createSession);
   $("turn-form").addEventListener("submit", generateTurn);
+  $("turn-text").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("turn-form").requestSubmit();
+  });
   $("turn-undo").addEventListener("click", undoTurn);
   $("session-download").addEventListener("click", downloadSession);
   confirmClick($("session-delete"), "Delete", deleteSession);
@@ -1022,6 +1028,8 @@ async function init() {
   }
   try {
     await loadSessions();
+    const wanted = new URLSearchParams(location.hash.slice(1)).get("session");
+    if (wanted && !$("session-form").hidden) await openSession(wanted);
   } catch (err) {
     report($("conv-error"))(err);
   }
