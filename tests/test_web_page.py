@@ -27,6 +27,7 @@ SCREENSHOT = ROOT / "docs" / "web-page.png"
 SAMPLE_RATE = 24_000
 FRAME_S = 0.08
 TIMEOUT = 60
+API_KEY = "s3cret-key-for-the-page"
 
 
 def _find(env: str, names: tuple[str, ...]) -> str | None:
@@ -78,6 +79,9 @@ class Server:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env=env)
+
+    def ready(self) -> "Server":
+        """Wait until the model is loaded and the server answers."""
         deadline = time.monotonic() + 180
         while True:
             assert self.process.poll() is None, self.log.read_text(errors="replace")
@@ -88,6 +92,7 @@ class Server:
                 pass
             assert time.monotonic() < deadline, "csm serve did not come up"
             time.sleep(0.2)
+        return self
 
     def stop(self) -> None:
         self.process.terminate()
@@ -117,10 +122,18 @@ def _browser(downloads: Path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("web"))
-    yield server
-    server.stop()
+def servers(tmp_path_factory):
+    """The plain server and one with an API key, started together (both load the tiny model)."""
+    tmp = tmp_path_factory.mktemp("web")
+    started = {"plain": Server(tmp), "keyed": Server(tmp, "--api-key", API_KEY)}
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers["plain"].ready()
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +197,13 @@ def test_the_page_loads_offline_without_console_errors(page, server):
     reply = httpx.get(server.url + "/")
     assert reply.status_code == 200 and "default-src 'none'" in reply.headers["content-security-policy"]
     # the voice picker lists the server's voices
-    voices = [v["id"] for v in httpx.get(server.url + "/v1/voices").json()["data"]]
+    voices = httpx.get(server.url + "/v1/voices").json()["data"]
     options = js(page, "return [...document.querySelectorAll('#speak-voice option')].map(o => o.value);")
-    assert options == ["", *voices]
+    assert options == ["", *(v["id"] for v in voices)]  # presets (all the tiny model has)
+    assert {v["type"] for v in voices} == {"preset"}
+    # presets come with the model: they can be used, not removed
+    assert js(page, "return document.querySelectorAll('#voice-list li[data-voice]').length") == len(voices)
+    assert js(page, "return document.querySelectorAll('#voice-list button.remove').length") == 0
 
 
 def test_speaking_streams_audio_as_it_arrives(page, server):
@@ -357,6 +374,8 @@ def test_a_voice_is_uploaded_with_the_servers_warnings_and_removed(page, server,
     wait(page, lambda d: d.find_element(By.ID, "voice-error").is_displayed())
     assert "already exists" in page.find_element(By.ID, "voice-error").text
 
+    groups = js(page, "return [...document.querySelectorAll('#speak-voice optgroup')].map(g => g.label);")
+    assert groups == ["Presets", "Uploaded"]
     remove = page.find_element(By.CSS_SELECTOR, "#voice-list li[data-voice='short-tone'] button.remove")
     remove.click()
     remove.click()  # the second click confirms
@@ -371,9 +390,9 @@ def test_a_voice_is_uploaded_with_the_servers_warnings_and_removed(page, server,
     errors_in_console(page)  # the 409 (and any 404) were expected
 
 
-def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(tmp_path, downloads):
-    key = "s3cret-key-for-the-page"
-    server = Server(tmp_path, "--api-key", key)
+def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(servers, downloads):
+    key = API_KEY
+    server = servers["keyed"].ready()
     driver = _browser(downloads)
     try:
         driver.get(server.url + "/")
@@ -400,7 +419,6 @@ def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(tmp_path,
         assert len(_turns(driver)) == 1
     finally:
         driver.quit()
-        server.stop()
 
 
 def test_screenshot_of_the_page(page, tmp_path):

@@ -576,20 +576,33 @@ async function loadVoices() {
   fillVoiceSelects();
 }
 
+const KINDS = { preset: "preset", audio_sample: "uploaded" }; // GET /v1/voices "type"
+
 function voiceKind(voice) {
-  return voice.type || voice.source || "";
+  return KINDS[voice.type] || voice.type || "";
 }
 
 function fillVoiceSelects() {
   const defaults = { "speak-voice": 0, "session-voice-0": 0, "session-voice-1": 1 };
+  const groups = [...new Set(voices.map(voiceKind))];
   for (const select of document.querySelectorAll(".voice-select")) {
     const before = select.value;
     const had = select.options.length > 0;
     select.replaceChildren(new Option("(no voice prompt)", ""));
-    for (const voice of voices) select.append(new Option(voiceKind(voice) ? `${voice.id} · ${voiceKind(voice)}` : voice.id, voice.id));
+    for (const kind of groups) {
+      const members = voices.filter((voice) => voiceKind(voice) === kind).map((voice) => new Option(voice.id, voice.id));
+      if (!kind) {
+        select.append(...members);
+        continue;
+      }
+      const group = document.createElement("optgroup");
+      group.label = kind === "preset" ? "Presets" : kind === "uploaded" ? "Uploaded" : kind;
+      group.append(...members);
+      select.append(group);
+    }
     const index = defaults[select.id] ?? 0;
     if (had && [...select.options].some((o) => o.value === before)) select.value = before;
-    else if (voices.length) select.value = voices[Math.min(index, voices.length - 1)].id;
+    else if (voices.length) select.value = select.querySelectorAll("option")[1 + Math.min(index, voices.length - 1)].value;
   }
 }
 
@@ -637,12 +650,15 @@ function renderVoices() {
     use.textContent = "Use";
     use.title = "speak with this voice";
     use.addEventListener("click", () => { $("speak-voice").value = voice.id; $("speak-text").focus(); });
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "small danger remove";
-    remove.textContent = "Remove";
-    confirmClick(remove, "Remove", () => removeVoice(voice.id));
-    li.append(use, remove);
+    li.append(use);
+    if (voice.type !== "preset") { // presets come with the model and stay
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "small danger remove";
+      remove.textContent = "Remove";
+      confirmClick(remove, "Remove", () => removeVoice(voice.id));
+      li.append(remove);
+    }
     list.append(li);
   }
 }
