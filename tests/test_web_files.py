@@ -77,9 +77,12 @@ def test_the_voice_list_tells_presets_from_uploaded_voices(client):
     reply = client.post("/v1/voices", data={"name": "listed", "transcript": "A tone."},
                         files={"audio": ("tone.wav", clip.getvalue(), "audio/wav")})
     assert reply.status_code == 201, reply.text
-    kinds = {v["id"]: v["type"] for v in client.get("/v1/voices").json()["data"]}
-    assert kinds["listed"] == "audio_sample" and reply.json()["type"] == "audio_sample"
-    assert kinds["conversational_a"] == kinds["conversational_b"] == "preset"
+    try:
+        kinds = {v["id"]: v["type"] for v in client.get("/v1/voices").json()["data"]}
+        assert kinds["listed"] == "audio_sample" and reply.json()["type"] == "audio_sample"
+        assert kinds["conversational_a"] == kinds["conversational_b"] == "preset"
+    finally:  # the voices folder is shared by the test session
+        client.app.state.csm.backend.model.voices.remove("listed")  # files only, no MLX
 
 
 def _wav(reply) -> np.ndarray:

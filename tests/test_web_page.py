@@ -67,15 +67,19 @@ def _free_port() -> int:
 class Server:
     """`csm serve --model tiny-random` in a subprocess, on a free loopback port."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, tiny_model: Path, *extra: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"serve-{self.port}.log"
+        # its own $CSM_HOME (so voices uploaded here stay here), holding the tests' tiny model
+        home = tmp / f"home-{self.port}"
+        home.mkdir()
+        (home / "tiny-random").symlink_to(tiny_model, target_is_directory=True)
         command = [sys.executable, "-c", "from dialogue.cli import main; main()", "serve",
                    "--model", "tiny-random", "--db", str(tmp / f"web-{self.port}.db"),
                    "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
                    *extra]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CSM_HOME": str(home)}
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env=env)
@@ -122,10 +126,11 @@ def _browser(downloads: Path):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, tiny_model_path):
     """The plain server and one with an API key, started together (both load the tiny model)."""
     tmp = tmp_path_factory.mktemp("web")
-    started = {"plain": Server(tmp), "keyed": Server(tmp, "--api-key", API_KEY)}
+    started = {"plain": Server(tmp, tiny_model_path),
+               "keyed": Server(tmp, tiny_model_path, "--api-key", API_KEY)}
     yield started
     for server in started.values():
         server.stop()
