@@ -53,7 +53,7 @@ pytestmark = pytest.mark.skipif(
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 httpx = pytest.importorskip("httpx")
 
@@ -311,6 +311,21 @@ def test_a_conversation_is_built_replayed_undone_and_downloaded(page, server, do
         wait(page, lambda d: _turns(d)[index]["played"] is not None)
     for shown, kept in zip(_turns(page), stored["turns"]):
         assert float(shown["played"]) == pytest.approx(kept["duration_s"], abs=0.01)
+
+    # the whole conversation plays too
+    page.find_element(By.ID, "session-play").click()
+    wait(page, lambda d: d.find_element(By.ID, "session-play").get_attribute("data-played"))
+    assert float(page.find_element(By.ID, "session-play").get_attribute("data-played")) == pytest.approx(
+        sum(t["duration_s"] for t in stored["turns"]) + 0.3, abs=0.01)
+
+    # speaker 1's voice is pinned as the session was created; pin another
+    assert [v["voice"] for v in sorted(stored["voices"], key=lambda v: v["speaker"])] == [
+        page.find_element(By.ID, "pin-0").get_attribute("value"),
+        page.find_element(By.ID, "pin-1").get_attribute("value")]
+    Select(page.find_element(By.ID, "pin-1")).select_by_value("conversational_a")
+    wait(page, lambda d: "now speaks as conversational_a" in d.find_element(By.ID, "session-note").text)
+    pins = httpx.get(server.url + "/v1/sessions/web-test").json()["voices"]
+    assert {v["speaker"]: v["voice"] for v in pins}[1] == "conversational_a"
 
     page.find_element(By.ID, "turn-undo").click()
     wait(page, lambda d: len(_turns(d)) == 1)

@@ -574,6 +574,7 @@ async function loadVoices() {
   voices = (await res.json()).data || [];
   renderVoices();
   fillVoiceSelects();
+  if (session) fillPins();
 }
 
 const KINDS = { preset: "preset", audio_sample: "uploaded" }; // GET /v1/voices "type"
@@ -775,9 +776,9 @@ async function openSession(id) {
 function renderSession() {
   $("session-view").hidden = false;
   $("session-title").textContent = session.id;
-  const pinned = (session.voices || []).map((v) => `Speaker ${v.speaker}: ${v.voice || "own clip"}`);
-  $("session-voices").textContent = `${pinned.length ? pinned.join(" · ") : "no voices pinned"} · `
-    + `${session.turn_count} turn${session.turn_count === 1 ? "" : "s"}, ${seconds(session.duration_s, 1)}`;
+  $("session-summary").textContent = `${session.turn_count} turn${session.turn_count === 1 ? "" : "s"}, `
+    + seconds(session.duration_s, 1);
+  fillPins();
   const list = $("turns");
   list.replaceChildren();
   if (!session.turns.length) {
@@ -786,6 +787,52 @@ function renderSession() {
   for (const turn of session.turns) list.append(turnItem(turn));
   $("turn-undo").disabled = !session.turns.length;
   $("session-download").disabled = !session.turns.length;
+  $("session-play").disabled = !session.turns.length;
+}
+
+// The voice each speaker is pinned to; choosing another pins it (POST /v1/sessions/{id}/voices).
+function fillPins() {
+  for (const select of document.querySelectorAll(".pin-select")) {
+    const speaker = parseInt(select.dataset.speaker, 10);
+    const pin = (session.voices || []).find((v) => v.speaker === speaker);
+    select.replaceChildren();
+    if (!pin || !pin.voice) select.append(new Option(pin ? "(its own clip)" : "(no voice)", ""));
+    for (const voice of voices) select.append(new Option(voice.id, voice.id));
+    select.value = pin && pin.voice ? pin.voice : "";
+    if (pin && pin.voice && select.value !== pin.voice) { // pinned to a voice removed since
+      select.prepend(new Option(pin.voice, pin.voice));
+      select.value = pin.voice;
+    }
+  }
+}
+
+async function pinVoice(event) {
+  const select = event.target;
+  if (!session || !select.value) return;
+  showError($("conv-error"), null);
+  const speaker = parseInt(select.dataset.speaker, 10);
+  try {
+    const res = await api(`/v1/sessions/${enc(session.id)}/voices`, { method: "POST", json: { speaker, voice: select.value } });
+    session = await res.json();
+    renderSession();
+    note(`Speaker ${speaker} now speaks as ${select.value}.`);
+  } catch (err) {
+    fillPins();
+    report($("conv-error"))(err);
+  }
+}
+
+async function playSession() {
+  showError($("conv-error"), null);
+  try {
+    player.context();
+    const res = await api(`/v1/sessions/${enc(session.id)}/audio?response_format=wav&pause_s=0.3`);
+    const { duration } = await player.playFile(await res.arrayBuffer());
+    $("session-play").dataset.played = duration.toFixed(2);
+    note(`Playing the whole conversation (${seconds(duration, 1)}).`);
+  } catch (err) {
+    report($("conv-error"))(err);
+  }
 }
 
 function turnItem(turn) {
@@ -1023,6 +1070,8 @@ function wire() {
   });
   $("turn-undo").addEventListener("click", undoTurn);
   $("session-download").addEventListener("click", downloadSession);
+  $("session-play").addEventListener("click", playSession);
+  for (const select of document.querySelectorAll(".pin-select")) select.addEventListener("change", pinVoice);
   confirmClick($("session-delete"), "Delete", deleteSession);
   new Recorder($("turn-record"), (blob) => {
     turnRecording = blob;
