@@ -70,6 +70,21 @@ def test_the_page_and_its_files_need_no_key_and_the_api_still_does(client):
     assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
+def test_the_voice_list_tells_presets_from_uploaded_voices(client):
+    tone = (0.3 * np.sin(2 * np.pi * 200 * np.arange(48_000) / 24_000)).astype(np.float32)
+    clip = io.BytesIO()
+    sf.write(clip, tone, 24_000, format="WAV")
+    reply = client.post("/v1/voices", data={"name": "listed", "transcript": "A tone."},
+                        files={"audio": ("tone.wav", clip.getvalue(), "audio/wav")})
+    assert reply.status_code == 201, reply.text
+    try:
+        kinds = {v["id"]: v["type"] for v in client.get("/v1/voices").json()["data"]}
+        assert kinds["listed"] == "audio_sample" and reply.json()["type"] == "audio_sample"
+        assert kinds["conversational_a"] == kinds["conversational_b"] == "preset"
+    finally:  # the voices folder is shared by the test session
+        client.app.state.csm.backend.model.voices.remove("listed")  # files only, no MLX
+
+
 def _wav(reply) -> np.ndarray:
     assert reply.status_code == 200, reply.text
     audio, rate = sf.read(io.BytesIO(reply.content), dtype="int16")

@@ -27,6 +27,7 @@ SCREENSHOT = ROOT / "docs" / "web-page.png"
 SAMPLE_RATE = 24_000
 FRAME_S = 0.08
 TIMEOUT = 60
+API_KEY = "s3cret-key-for-the-page"
 
 
 def _find(env: str, names: tuple[str, ...]) -> str | None:
@@ -52,7 +53,7 @@ pytestmark = pytest.mark.skipif(
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 httpx = pytest.importorskip("httpx")
 
@@ -66,18 +67,25 @@ def _free_port() -> int:
 class Server:
     """`csm serve --model tiny-random` in a subprocess, on a free loopback port."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, tiny_model: Path, *extra: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"serve-{self.port}.log"
+        # its own $CSM_HOME (so voices uploaded here stay here), holding the tests' tiny model
+        home = tmp / f"home-{self.port}"
+        home.mkdir()
+        (home / "tiny-random").symlink_to(tiny_model, target_is_directory=True)
         command = [sys.executable, "-c", "from dialogue.cli import main; main()", "serve",
                    "--model", "tiny-random", "--db", str(tmp / f"web-{self.port}.db"),
                    "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
                    *extra]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CSM_HOME": str(home)}
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env=env)
+
+    def ready(self) -> "Server":
+        """Wait until the model is loaded and the server answers."""
         deadline = time.monotonic() + 180
         while True:
             assert self.process.poll() is None, self.log.read_text(errors="replace")
@@ -88,6 +96,7 @@ class Server:
                 pass
             assert time.monotonic() < deadline, "csm serve did not come up"
             time.sleep(0.2)
+        return self
 
     def stop(self) -> None:
         self.process.terminate()
@@ -117,10 +126,19 @@ def _browser(downloads: Path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("web"))
-    yield server
-    server.stop()
+def servers(tmp_path_factory, tiny_model_path):
+    """The plain server and one with an API key, started together (both load the tiny model)."""
+    tmp = tmp_path_factory.mktemp("web")
+    started = {"plain": Server(tmp, tiny_model_path),
+               "keyed": Server(tmp, tiny_model_path, "--api-key", API_KEY)}
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers["plain"].ready()
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +202,13 @@ def test_the_page_loads_offline_without_console_errors(page, server):
     reply = httpx.get(server.url + "/")
     assert reply.status_code == 200 and "default-src 'none'" in reply.headers["content-security-policy"]
     # the voice picker lists the server's voices
-    voices = [v["id"] for v in httpx.get(server.url + "/v1/voices").json()["data"]]
+    voices = httpx.get(server.url + "/v1/voices").json()["data"]
     options = js(page, "return [...document.querySelectorAll('#speak-voice option')].map(o => o.value);")
-    assert options == ["", *voices]
+    assert options == ["", *(v["id"] for v in voices)]  # presets (all the tiny model has)
+    assert {v["type"] for v in voices} == {"preset"}
+    # presets come with the model: they can be used, not removed
+    assert js(page, "return document.querySelectorAll('#voice-list li[data-voice]').length") == len(voices)
+    assert js(page, "return document.querySelectorAll('#voice-list button.remove').length") == 0
 
 
 def test_speaking_streams_audio_as_it_arrives(page, server):
@@ -290,6 +312,21 @@ def test_a_conversation_is_built_replayed_undone_and_downloaded(page, server, do
     for shown, kept in zip(_turns(page), stored["turns"]):
         assert float(shown["played"]) == pytest.approx(kept["duration_s"], abs=0.01)
 
+    # the whole conversation plays too
+    page.find_element(By.ID, "session-play").click()
+    wait(page, lambda d: d.find_element(By.ID, "session-play").get_attribute("data-played"))
+    assert float(page.find_element(By.ID, "session-play").get_attribute("data-played")) == pytest.approx(
+        sum(t["duration_s"] for t in stored["turns"]) + 0.3, abs=0.01)
+
+    # speaker 1's voice is pinned as the session was created; pin another
+    assert [v["voice"] for v in sorted(stored["voices"], key=lambda v: v["speaker"])] == [
+        page.find_element(By.ID, "pin-0").get_attribute("value"),
+        page.find_element(By.ID, "pin-1").get_attribute("value")]
+    Select(page.find_element(By.ID, "pin-1")).select_by_value("conversational_a")
+    wait(page, lambda d: "now speaks as conversational_a" in d.find_element(By.ID, "session-note").text)
+    pins = httpx.get(server.url + "/v1/sessions/web-test").json()["voices"]
+    assert {v["speaker"]: v["voice"] for v in pins}[1] == "conversational_a"
+
     page.find_element(By.ID, "turn-undo").click()
     wait(page, lambda d: len(_turns(d)) == 1)
     assert httpx.get(server.url + "/v1/sessions/web-test").json()["turn_count"] == 1
@@ -357,6 +394,8 @@ def test_a_voice_is_uploaded_with_the_servers_warnings_and_removed(page, server,
     wait(page, lambda d: d.find_element(By.ID, "voice-error").is_displayed())
     assert "already exists" in page.find_element(By.ID, "voice-error").text
 
+    groups = js(page, "return [...document.querySelectorAll('#speak-voice optgroup')].map(g => g.label);")
+    assert groups == ["Presets", "Uploaded"]
     remove = page.find_element(By.CSS_SELECTOR, "#voice-list li[data-voice='short-tone'] button.remove")
     remove.click()
     remove.click()  # the second click confirms
@@ -371,9 +410,9 @@ def test_a_voice_is_uploaded_with_the_servers_warnings_and_removed(page, server,
     errors_in_console(page)  # the 409 (and any 404) were expected
 
 
-def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(tmp_path, downloads):
-    key = "s3cret-key-for-the-page"
-    server = Server(tmp_path, "--api-key", key)
+def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(servers, downloads):
+    key = API_KEY
+    server = servers["keyed"].ready()
     driver = _browser(downloads)
     try:
         driver.get(server.url + "/")
@@ -385,26 +424,26 @@ def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(tmp_path,
         wait(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1")
         assert not driver.find_element(By.ID, "key-dialog").is_displayed()
         assert js(driver, "return document.querySelectorAll('#voice-list li[data-voice]').length") > 0
-        report, _ = speak(driver, "Only with the key.", max_seconds="1")
-        assert report["state"] == "done" and int(report["chunks"]) >= 1
+        field(driver, "opt-max-length", "1")
         _open_new_session(driver, "keyed")
         _add_turn(driver, 0, "Keyed turn.", 1)
         driver.find_element(By.CSS_SELECTOR, "#turns li[data-index='0'] button.play").click()
         wait(driver, lambda d: _turns(d)[0]["played"] is not None)
         urls = js(driver, "return performance.getEntriesByType('resource').map(e => e.name);")
         assert urls and not any(key in url for url in urls)
-        # a reload in the same tab does not ask again
+        # a reload in the same tab does not ask again, and reopens the conversation
         driver.refresh()
         wait(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1")
         assert not driver.find_element(By.ID, "key-dialog").is_displayed()
+        assert driver.find_element(By.ID, "session-title").text == "keyed"
+        assert len(_turns(driver)) == 1
     finally:
         driver.quit()
-        server.stop()
 
 
 def test_screenshot_of_the_page(page, tmp_path):
     """The README's picture: a line spoken and a short conversation open."""
-    field(page, "opt-max-length", "3")
+    field(page, "opt-max-length", "2")
     _open_new_session(page, "kitchen-chat")
     for count, (speaker, text) in enumerate([(0, "Is the oven still on?"),
                                              (1, "Yes, the bread needs ten more minutes."),

@@ -247,9 +247,10 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
     # -- voices ------------------------------------------------------------------------------
     @app.get("/v1/voices")
     def list_voices() -> dict:
-        names = backend.voice_names()  # files only, no model work: answered even when busy
+        kinds = backend.voice_kinds()  # files only, no model work: answered even when busy
         return {"object": "list",
-                "data": [{"id": name, "object": "audio.voice", "name": name} for name in names]}
+                "data": [{"id": name, "object": "audio.voice", "name": name, "type": kind}
+                         for name, kind in kinds.items()]}
 
     async def create_voice(request: Request) -> JSONResponse:
         fields, data, suffix = await _read_clip_form(request, ("name",))

@@ -108,6 +108,13 @@ class Backend:
     def voice_names(self) -> list[str]:
         return sorted(self.model.voices.names())
 
+    def voice_kinds(self) -> dict[str, str]:
+        """Every voice (sorted) and its kind: "preset" (comes with the model; cannot be removed)
+        or "audio_sample" (uploaded, as POST /v1/voices calls it)."""
+        presets = set(self.model.voices.preset_names())
+        return {name: "preset" if name in presets else "audio_sample"
+                for name in self.voice_names()}
+
     def check_voice(self, name: str | None, param: str = "voice") -> None:
         if name is None:
             return

@@ -574,22 +574,36 @@ async function loadVoices() {
   voices = (await res.json()).data || [];
   renderVoices();
   fillVoiceSelects();
+  if (session) fillPins();
 }
 
+const KINDS = { preset: "preset", audio_sample: "uploaded" }; // GET /v1/voices "type"
+
 function voiceKind(voice) {
-  return voice.type || voice.source || "";
+  return KINDS[voice.type] || voice.type || "";
 }
 
 function fillVoiceSelects() {
   const defaults = { "speak-voice": 0, "session-voice-0": 0, "session-voice-1": 1 };
+  const groups = [...new Set(voices.map(voiceKind))];
   for (const select of document.querySelectorAll(".voice-select")) {
     const before = select.value;
     const had = select.options.length > 0;
     select.replaceChildren(new Option("(no voice prompt)", ""));
-    for (const voice of voices) select.append(new Option(voiceKind(voice) ? `${voice.id} · ${voiceKind(voice)}` : voice.id, voice.id));
+    for (const kind of groups) {
+      const members = voices.filter((voice) => voiceKind(voice) === kind).map((voice) => new Option(voice.id, voice.id));
+      if (!kind) {
+        select.append(...members);
+        continue;
+      }
+      const group = document.createElement("optgroup");
+      group.label = kind === "preset" ? "Presets" : kind === "uploaded" ? "Uploaded" : kind;
+      group.append(...members);
+      select.append(group);
+    }
     const index = defaults[select.id] ?? 0;
     if (had && [...select.options].some((o) => o.value === before)) select.value = before;
-    else if (voices.length) select.value = voices[Math.min(index, voices.length - 1)].id;
+    else if (voices.length) select.value = select.querySelectorAll("option")[1 + Math.min(index, voices.length - 1)].value;
   }
 }
 
@@ -637,12 +651,15 @@ function renderVoices() {
     use.textContent = "Use";
     use.title = "speak with this voice";
     use.addEventListener("click", () => { $("speak-voice").value = voice.id; $("speak-text").focus(); });
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "small danger remove";
-    remove.textContent = "Remove";
-    confirmClick(remove, "Remove", () => removeVoice(voice.id));
-    li.append(use, remove);
+    li.append(use);
+    if (voice.type !== "preset") { // presets come with the model and stay
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "small danger remove";
+      remove.textContent = "Remove";
+      confirmClick(remove, "Remove", () => removeVoice(voice.id));
+      li.append(remove);
+    }
     list.append(li);
   }
 }
@@ -751,6 +768,7 @@ async function openSession(id) {
   showError($("conv-error"), null);
   const res = await api(`/v1/sessions/${enc(id)}`);
   session = await res.json();
+  history.replaceState(null, "", `#session=${enc(session.id)}`); // a reload reopens it
   renderSession();
   for (const li of $("session-list").children) li.classList.toggle("current", li.dataset.session === id);
 }
@@ -758,9 +776,9 @@ async function openSession(id) {
 function renderSession() {
   $("session-view").hidden = false;
   $("session-title").textContent = session.id;
-  const pinned = (session.voices || []).map((v) => `Speaker ${v.speaker}: ${v.voice || "own clip"}`);
-  $("session-voices").textContent = `${pinned.length ? pinned.join(" · ") : "no voices pinned"} · `
-    + `${session.turn_count} turn${session.turn_count === 1 ? "" : "s"}, ${seconds(session.duration_s, 1)}`;
+  $("session-summary").textContent = `${session.turn_count} turn${session.turn_count === 1 ? "" : "s"}, `
+    + seconds(session.duration_s, 1);
+  fillPins();
   const list = $("turns");
   list.replaceChildren();
   if (!session.turns.length) {
@@ -769,6 +787,52 @@ function renderSession() {
   for (const turn of session.turns) list.append(turnItem(turn));
   $("turn-undo").disabled = !session.turns.length;
   $("session-download").disabled = !session.turns.length;
+  $("session-play").disabled = !session.turns.length;
+}
+
+// The voice each speaker is pinned to; choosing another pins it (POST /v1/sessions/{id}/voices).
+function fillPins() {
+  for (const select of document.querySelectorAll(".pin-select")) {
+    const speaker = parseInt(select.dataset.speaker, 10);
+    const pin = (session.voices || []).find((v) => v.speaker === speaker);
+    select.replaceChildren();
+    if (!pin || !pin.voice) select.append(new Option(pin ? "(its own clip)" : "(no voice)", ""));
+    for (const voice of voices) select.append(new Option(voice.id, voice.id));
+    select.value = pin && pin.voice ? pin.voice : "";
+    if (pin && pin.voice && select.value !== pin.voice) { // pinned to a voice removed since
+      select.prepend(new Option(pin.voice, pin.voice));
+      select.value = pin.voice;
+    }
+  }
+}
+
+async function pinVoice(event) {
+  const select = event.target;
+  if (!session || !select.value) return;
+  showError($("conv-error"), null);
+  const speaker = parseInt(select.dataset.speaker, 10);
+  try {
+    const res = await api(`/v1/sessions/${enc(session.id)}/voices`, { method: "POST", json: { speaker, voice: select.value } });
+    session = await res.json();
+    renderSession();
+    note(`Speaker ${speaker} now speaks as ${select.value}.`);
+  } catch (err) {
+    fillPins();
+    report($("conv-error"))(err);
+  }
+}
+
+async function playSession() {
+  showError($("conv-error"), null);
+  try {
+    player.context();
+    const res = await api(`/v1/sessions/${enc(session.id)}/audio?response_format=wav&pause_s=0.3`);
+    const { duration } = await player.playFile(await res.arrayBuffer());
+    $("session-play").dataset.played = duration.toFixed(2);
+    note(`Playing the whole conversation (${seconds(duration, 1)}).`);
+  } catch (err) {
+    report($("conv-error"))(err);
+  }
 }
 
 function turnItem(turn) {
@@ -832,6 +896,7 @@ async function generateTurn(event) {
   const empty = $("turns").querySelector(".empty");
   if (empty) empty.remove();
   $("turns").append(live);
+  live.scrollIntoView({ block: "nearest" });
   const status = $("turn-status");
   const button = $("turn-generate");
   button.disabled = true;
@@ -922,6 +987,7 @@ async function deleteSession() {
     await api(`/v1/sessions/${enc(session.id)}`, { method: "DELETE" });
     session = null;
     $("session-view").hidden = true;
+    history.replaceState(null, "", location.pathname);
     await loadSessions();
   } catch (err) {
     report($("conv-error"))(err);
@@ -999,8 +1065,13 @@ function wire() {
   }, report($("voice-error")));
   $("session-form").addEventListener("submit", createSession);
   $("turn-form").addEventListener("submit", generateTurn);
+  $("turn-text").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("turn-form").requestSubmit();
+  });
   $("turn-undo").addEventListener("click", undoTurn);
   $("session-download").addEventListener("click", downloadSession);
+  $("session-play").addEventListener("click", playSession);
+  for (const select of document.querySelectorAll(".pin-select")) select.addEventListener("change", pinVoice);
   confirmClick($("session-delete"), "Delete", deleteSession);
   new Recorder($("turn-record"), (blob) => {
     turnRecording = blob;
@@ -1022,6 +1093,8 @@ async function init() {
   }
   try {
     await loadSessions();
+    const wanted = new URLSearchParams(location.hash.slice(1)).get("session");
+    if (wanted && !$("session-form").hidden) await openSession(wanted);
   } catch (err) {
     report($("conv-error"))(err);
   }
