@@ -124,6 +124,7 @@ class Ingress:
 
     def _unavailable(self) -> Response:
         return APIError(503, "the model replica serving this request stopped before it answered; "
-                        "nothing was stored for it unless GET shows it; try again",
+                        "try again (a turn is stored only once complete: GET /v1/sessions/{id} "
+                        "shows whether it was)",
                         code="replica_unavailable",
                         headers={"Retry-After": str(self.settings.retry_after_s)}).response()
