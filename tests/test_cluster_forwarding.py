@@ -81,3 +81,110 @@ def test_serve_replicas_refuses_sqlite_on_a_ray_cluster(tmp_path):
         assert "pip install 'csm-mlx-engine[cluster]'" in result.output
     else:
         assert "postgresql://" in result.output
+
+
+# -- the ingress when a replica dies (a scripted stand-in for Ray Serve's handle) -----------------
+
+class _Stream:
+    def __init__(self, script: str, calls: list):
+        self.script, self.calls, self.sent = script, calls, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        import ray.exceptions
+
+        if self.script == "die":
+            raise ray.exceptions.ActorDiedError()
+        if self.sent:
+            raise StopAsyncIteration
+        self.sent = True
+        return ResponseStart(200, [(b"x-csm-replica", b"live")])
+
+    def cancel(self):
+        pass
+
+
+class _Handle:
+    """Answers `.options(...).remote(request)` with the next scripted stream ("die" or "ok")."""
+
+    def __init__(self, scripts: list[str], on_call=None):
+        self.scripts, self.calls, self.on_call = list(scripts), [], on_call
+
+    def options(self, **_):
+        return self
+
+    def remote(self, request):
+        self.calls.append(request)
+        if self.on_call is not None:
+            self.on_call(len(self.calls))
+        return _Stream(self.scripts.pop(0), self.calls)
+
+
+def _ingress_call(ingress, method, path, body=b""):
+    from starlette.requests import Request
+
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
+             "query_string": b"", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "scheme": "http",
+             "root_path": "", "http_version": "1.1"}
+    return asyncio.run(ingress(Request(scope, receive)))
+
+
+def test_ingress_retries_only_what_stored_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("ray", reason="the ingress needs ray[serve]: pip install -e '.[cluster]'")
+    import dialogue.cluster.ingress as ingress_module
+    from dialogue.cluster import ClusterSettings
+    from dialogue.cluster.ingress import Ingress
+    from storage import Store
+
+    monkeypatch.setattr(ingress_module, "RETRY_PAUSE_S", 0.0)
+    db = tmp_path / "talk.db"
+    with Store(db) as store:
+        store.open_session("demo")
+    settings = ClusterSettings(model="tiny-random", db=str(db), retries=3, retry_after_s=4)
+
+    # one-off speech stores nothing: sent again to a live replica, the client never knows
+    handle = _Handle(["die", "ok"])
+    reply = _ingress_call(Ingress(handle, settings), "POST", "/v1/audio/speech", b"{}")
+    assert reply.status_code == 200 and len(handle.calls) == 2
+
+    # a turn whose replica died before storing it (the revision did not move): sent again
+    handle = _Handle(["die", "ok"])
+    reply = _ingress_call(Ingress(handle, settings), "POST", "/v1/sessions/demo/turns", b"{}")
+    assert reply.status_code == 200 and len(handle.calls) == 2
+
+    # a turn stored just before its replica died: not sent again (it would be stored twice)
+    def store_it(call):
+        if call == 1:
+            with Store(db) as store:
+                store.append_turn("demo", speaker=0, text="stored", codes=np.zeros((1, 32), np.int32))
+
+    handle = _Handle(["die", "ok"], on_call=store_it)
+    reply = _ingress_call(Ingress(handle, settings), "POST", "/v1/sessions/demo/turns", b"{}")
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "4"
+    assert json.loads(reply.body)["error"]["code"] == "replica_unavailable"
+    assert len(handle.calls) == 1
+
+    # an upload may have been stored: 503 at once; and the retries run out: 503
+    handle = _Handle(["die"])
+    assert _ingress_call(Ingress(handle, settings), "POST", "/v1/voices").status_code == 503
+    handle = _Handle(["die", "die", "die"])
+    assert _ingress_call(Ingress(handle, settings), "GET", "/v1/voices").status_code == 503
+    assert len(handle.calls) == 3
+
+    # a body past the largest upload is refused at the ingress, in the API's shape
+    small = ClusterSettings(model="tiny-random", db=str(db), max_upload_bytes=10)
+    handle = _Handle(["ok"])
+    reply = _ingress_call(Ingress(handle, small), "POST", "/v1/voices", b"x" * (1024 * 1024 + 11))
+    assert reply.status_code == 413 and not handle.calls
