@@ -3,9 +3,14 @@ Serve (dialogue/cluster/), started from the command line and stopped with Ctrl-C
 
 from __future__ import annotations
 
+import signal
 import time
 
 import click
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops the app as Ctrl-C does, so Ray is shut down too
 
 
 def serve_replicas(*, model: str, db, host: str, port: int, max_queue: int,
@@ -48,6 +53,7 @@ def serve_replicas(*, model: str, db, host: str, port: int, max_queue: int,
         stop()
         raise click.ClickException(f"the replicas did not start: {error}") from None
     click.echo(f"serving on http://{host}:{port} (Ctrl-C stops)", err=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
