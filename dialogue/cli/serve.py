@@ -99,13 +99,24 @@ def _finite(ctx, param, value):
               help="Read the API key from this file (its first line).")
 @click.option("--log-level", "--log_level", "log_level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--replicas", type=click.IntRange(1, 1024), default=None,
+              help="Serve with N model replicas behind Ray Serve (needs the 'cluster' extra); "
+                   "each session's turns go to the replica holding its context.")
+@click.option("--ray-address", "--ray_address", "ray_address", default=None,
+              help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a "
+                   "local one; replicas may then run on several machines (needs a "
+                   "postgresql:// --db).")
+@click.option("--replica-cpus", "--replica_cpus", "replica_cpus", type=click.FloatRange(0.01, 1024),
+              default=1.0, show_default=True, help="Ray CPUs reserved for each model replica.")
 def serve(model: str, db: Path | None, host: str, port: int, max_queue: int, max_batch: int,
           kv_cache_gb: float | None, max_audio_ms: float | None, max_upload_mb: float,
-          api_key: str | None, api_key_file: Path | None, log_level: str) -> None:
+          api_key: str | None, api_key_file: Path | None, log_level: str, replicas: int | None,
+          ray_address: str | None, replica_cpus: float) -> None:
     """Serve speech over HTTP: OpenAI-compatible /v1/audio/speech plus sessions.
 
     One model is loaded; up to --max-batch generation requests run together (their frames computed
-    in one batched step), more wait in arrival order.
+    in one batched step), more wait in arrival order. With --replicas N, the same API runs on N
+    model replicas behind Ray Serve.
     """
     api_key = _api_key(api_key, api_key_file)
     try:
@@ -119,6 +130,14 @@ def serve(model: str, db: Path | None, host: str, port: int, max_queue: int, max
     if not _is_loopback(host) and not api_key:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach this "
                    "address can use the server", err=True)
+    if replicas is not None or ray_address is not None:
+        from .serve_cluster import serve_replicas
+
+        serve_replicas(model=model, db=db, host=host, port=port, max_queue=max_queue,
+                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
+                       replicas=replicas or 1, ray_address=ray_address, replica_cpus=replica_cpus,
+                       max_batch=max_batch, kv_cache_gb=kv_cache_gb, max_audio_ms=max_audio_ms)
+        return
     from engine.errors import CSMError
     from storage import StorageError
 
