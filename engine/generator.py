@@ -375,12 +375,12 @@ class Generator:
         return self.canonical_rows_of(None)
 
     def reset(self, key=...) -> None:
-        """Forget the cached rows of `key` (default: of every idle stream)."""
-        if key is ...:
-            for k in self.streams.keys():
-                self.streams.peek(k).reset()
-        elif key in self.streams:
-            self.streams.peek(key).reset()
+        """Forget the cached rows of `key` (default: of every stream no request is using)."""
+        keys = self.streams.keys() if key is ... else [key] if key in self.streams else []
+        for k in keys:
+            stream = self.streams.peek(k)
+            if key is not ... or stream.owner is None:
+                stream.reset()
 
     # -- one request ---------------------------------------------------------------------------
 

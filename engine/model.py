@@ -440,20 +440,30 @@ class CSMModel:
     def _generate(self, plans, *, sampler, seed, stream, chunk_frames, reuse_cache, watermark,
                   on_frame, started, cache_key=None) -> Iterator[GenerationResult]:
         from engine.backends import Draw
+
+        def piece(index: int, plan):
+            # Each piece draws from its own stream of random numbers, derived from (seed, piece).
+            draw = Draw(sampler.temperature, sampler.top_k, sampler.suppress_undecodable,
+                        stream_seed(seed, index))
+            return self.generator.generate(
+                plan.tokens, plan.mask, max_frames=plan.max_frames, draw=draw,
+                cap_reason=plan.cap_reason, stream=stream, chunk_frames=chunk_frames or 1,
+                reuse_cache=reuse_cache, on_frame=on_frame, cache_key=cache_key,
+            )
+
+        # Batched, the first piece joins the batch now, so requests made together start together.
+        first = piece(0, plans[0]) if self.generator.scheduler is not None else None
+        return self._results(plans, piece, first, seed=seed, stream=stream, watermark=watermark,
+                             started=started)
+
+    def _results(self, plans, piece, first, *, seed, stream, watermark, started) -> Iterator[GenerationResult]:
         from engine.watermark import apply_watermark, warn_streaming_unmarked
 
         _reset_peak_memory()
         if stream and watermark:
             warn_streaming_unmarked()
         for index, plan in enumerate(plans):
-            # Each piece draws from its own stream of random numbers, derived from (seed, piece).
-            draw = Draw(sampler.temperature, sampler.top_k, sampler.suppress_undecodable,
-                        stream_seed(seed, index))
-            chunks = self.generator.generate(
-                plan.tokens, plan.mask, max_frames=plan.max_frames, draw=draw,
-                cap_reason=plan.cap_reason, stream=stream, chunk_frames=chunk_frames or 1,
-                reuse_cache=reuse_cache, on_frame=on_frame, cache_key=cache_key,
-            )
+            chunks = first if index == 0 and first is not None else piece(index, plan)
             try:
                 for chunk in chunks:
                     audio = chunk.audio if chunk.audio is not None else mx.zeros((0,), mx.float32)

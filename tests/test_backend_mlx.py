@@ -98,22 +98,3 @@ def test_top_k_one_is_greedy_and_the_compiled_frame_equals_the_plain_one(backend
     assert np.array_equal(np.array(plain.frames_from_hidden([h], draws)),
                           np.array(backend.frames_from_hidden([h], draws)))
 
-
-def test_bfloat16_rows_on_the_cpu_kernels_do_not_depend_on_the_batch(tiny_model_path):
-    """Nine streams: more than the row count at which half-precision products widen to float32,
-    so the step takes them in groups and each row is computed as it is alone."""
-    from engine.checkpoints import load_csm
-    from engine.cpu import kernels
-
-    if mx.default_device() != mx.cpu or not kernels.available():
-        pytest.skip(f"the CPU's bfloat16 kernels are not available here ({kernels.reason()})")
-    backend = MLXBackend(load_csm(tiny_model_path, dtype=mx.bfloat16))
-    draws = [Draw(0.9, 50, True, 100 + i, 1) for i in range(9)]
-    batch = [primed(backend, i, 4 + i) for i in range(9)]
-    alone = [primed(backend, i, 4 + i) for i in range(9)]
-    codes = np.array(backend.frames_from_hidden([h for _, h in batch], draws))
-    solo = np.stack([np.array(backend.frames_from_hidden([h], [d]))[0] for (_, h), d in zip(alone, draws)])
-    assert np.array_equal(codes, solo)
-    stepped = np.array(backend.step([c for c, _ in batch], codes, [d.at(2) for d in draws]))
-    for b, (c, _) in enumerate(alone):
-        assert np.array_equal(stepped[b], np.array(backend.step([c], codes[b:b + 1], [draws[b].at(2)]))[0])

@@ -106,3 +106,30 @@ def test_generator_path_makes_the_fixed_frame_count(capsys):
     g = result["generator"]
     assert g["frames"] == 4 and g["chunks"] >= 2
     assert result["mimi_decode_realtime_multiple"] is None or result["mimi_decode_realtime_multiple"] > 0
+
+
+def test_concurrency_benchmark_reports_each_load(capsys):
+    import json
+
+    code = bench_main.main(["concurrency", "--size", "tiny", "--streams", "1,3", "--frames", "4",
+                            "--chunk-frames", "2", "--no-mimi", "--json", "--quiet"])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    one, three = r["loads"]
+    assert (one["streams"], three["streams"]) == (1, 3)
+    assert three["frames"] == 12 and three["peak_batch"] == 3
+    assert len(three["per_stream_fps"]) == len(three["time_to_first_audio"]) == 3
+    assert one["speedup_over_one"] == 1.0 and three["peak_memory_gb"] > 0
+
+
+def test_conversation_benchmark_interleaves_sessions(capsys):
+    import json
+
+    code = bench_main.main(["conversation", "--sessions", "2", "--turns", "2", "--repeats", "1",
+                            "--frames", "2", "--voice-seconds", "1", "--no-mimi", "--json", "--quiet"])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [(t["session"], t["turn"]) for t in r["turns"]] == [(1, 1), (2, 1), (1, 2), (2, 2)]
+    assert r["codes_identical"]
+    for t in r["turns"][2:]:  # a session's second turn reuses its own first turn's rows
+        assert t["reuse"]["cached_rows"] > 0 and t["reuse"]["prefill_rows"] < t["no_reuse"]["prefill_rows"]

@@ -191,7 +191,10 @@ class Worker:
         return bool(self.running)
 
     def active(self) -> int:
-        """Jobs running now."""
+        """Generation requests running now (in the batch or waiting to join it); without batching,
+        the jobs running."""
+        if self.scheduler is not None:
+            return len(self.scheduler.requests)
         return len(self.running)
 
     def retry_after(self) -> int:

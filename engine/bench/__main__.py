@@ -1,5 +1,6 @@
 """`python -m engine.bench [generation] [options]`  -> the generation benchmark (engine/bench/generation.py)
 `python -m engine.bench conversation [options]`    -> engine/bench/conversation.py
+`python -m engine.bench concurrency [options]`     -> engine/bench/concurrency.py
 `python -m engine.bench mimi [options]`            -> engine/bench/mimi.py (when present)
 `python -m engine.bench gemm [options]`            -> engine/bench/gemm.py (the prefill kernels)
 `python -m engine.bench peer --python PY [...]`     -> engine/bench/peer.py (ours against transformers)
@@ -8,7 +9,7 @@
 import importlib
 import sys
 
-SUBCOMMANDS = ("generation", "conversation", "mimi", "gemm", "peer")
+SUBCOMMANDS = ("generation", "conversation", "concurrency", "mimi", "gemm", "peer")
 
 
 def main(argv: list[str] | None = None) -> int:

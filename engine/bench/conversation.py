@@ -10,6 +10,10 @@ prefilled: the previous turn's tail and the new text) and once with reuse off (t
 prefilled every turn). Both runs use the same seed per turn, so they must produce identical codes;
 the benchmark checks that too.
 
+With `--sessions N` (the interleaved mode), N conversations take turns on one model: turn 1 of
+each, then turn 2 of each, ... Each session has its own KV-cache key (as Conversation passes its
+session id), so a turn still prefills only its own new rows although other sessions spoke since.
+
 Time to first audio is measured from the generate() call to the first streamed chunk
 (`--chunk-frames` frames, decoded by Mimi unless --no-mimi). Weights are random (nothing is
 downloaded); text is tokenized with the tiny test tokenizer, so text rows are a little more
@@ -86,21 +90,23 @@ def voice_prompts(seconds: float, seed: int) -> list:
 
 
 def run_conversation(model, voices, turns: int, frames: int, chunk_frames: int, reuse: bool,
-                     seed: int, progress: bool = False) -> list[dict]:
-    """Generate `turns` turns; per turn: TTFA, prefill/cached rows, frames, and the codes."""
+                     seed: int, progress: bool = False, sessions: int = 1) -> list[dict]:
+    """Generate `turns` turns (of each of `sessions` sessions, taking turns); per turn: TTFA,
+    prefill/cached rows, frames, and the codes."""
     from engine.segment import Segment
 
     model.generator.reset()
-    history: list[Segment] = []
+    histories: list[list[Segment]] = [[] for _ in range(sessions)]
     rows = []
-    for n in range(turns):
-        text = LINES[n % len(LINES)]
+    for n, session in ((n, s) for n in range(turns) for s in range(sessions)):
+        history = histories[session]
+        text = LINES[(n + session) % len(LINES)]
         speaker = n % 2
         results = model.generate(
             text=text, voice=None, speaker=speaker, context=[*voices, *history], stream=True,
             streaming_interval=chunk_frames * FRAME_MS / 1000, max_audio_length_ms=frames * FRAME_MS,
-            temperature=0.9, top_k=50, seed=seed + n, normalize=False, reuse_cache=reuse,
-            watermark=False,
+            temperature=0.9, top_k=50, seed=seed + n + 1000 * session, normalize=False,
+            reuse_cache=reuse, watermark=False, cache_key=("bench-session", session),
         )
         first = last = None
         for result in results:
@@ -108,6 +114,7 @@ def run_conversation(model, voices, turns: int, frames: int, chunk_frames: int, 
             last = result
         codes = np.asarray(last.frames, dtype=np.int32)
         rows.append({
+            "session": session + 1,
             "turn": n + 1,
             "prompt_rows": int(first.prompt_tokens),
             "prefill_rows": int(first.prefill_tokens),
@@ -120,7 +127,7 @@ def run_conversation(model, voices, turns: int, frames: int, chunk_frames: int, 
         history.append(Segment(speaker, last.text, codes=codes))
         if progress:
             r = rows[-1]
-            print(f"  {'reuse   ' if reuse else 'no reuse'} turn {n + 1:2d}/{turns}: prompt "
+            print(f"  {'reuse   ' if reuse else 'no reuse'} session {session + 1} turn {n + 1:2d}/{turns}: prompt "
                   f"{r['prompt_rows']} rows, prefilled {r['prefill_rows']}, first audio after "
                   f"{r['time_to_first_audio']:.3f} s", file=sys.stderr, flush=True)
     return rows
@@ -150,7 +157,7 @@ def run(args) -> dict:
         for reuse in (True, False):
             repeats[reuse].append(run_conversation(model, voices, args.turns, args.frames,
                                                    args.chunk_frames, reuse, args.seed,
-                                                   progress=not args.quiet))
+                                                   progress=not args.quiet, sessions=args.sessions))
     runs = {reuse: _median_run(done) for reuse, done in repeats.items()}
     identical = all(
         np.array_equal(a["codes"], b["codes"])
@@ -159,13 +166,14 @@ def run(args) -> dict:
     turns = []
     for with_reuse, without in zip(runs[True], runs[False]):
         turns.append({
+            "session": with_reuse["session"],
             "turn": with_reuse["turn"],
             "prompt_rows": with_reuse["prompt_rows"],
             "frames": with_reuse["frames"],
             "reuse": {k: with_reuse[k] for k in ("prefill_rows", "cached_rows", "time_to_first_audio")},
             "no_reuse": {k: without[k] for k in ("prefill_rows", "cached_rows", "time_to_first_audio")},
         })
-    later = turns[1:] or turns
+    later = [t for t in turns if t["turn"] > 1] or turns
     mean = lambda key: float(np.mean([t[key]["time_to_first_audio"] for t in later]))  # noqa: E731
     return {
         "model": model.name,
@@ -177,6 +185,7 @@ def run(args) -> dict:
         "load_seconds": load_s,
         "voice_seconds": args.voice_seconds,
         "frames_per_turn": args.frames,
+        "sessions": args.sessions,
         "chunk_frames": args.chunk_frames,
         "repeats": args.repeats,
         "codes_identical": identical,
@@ -194,21 +203,21 @@ def format_table(r: dict) -> str:
         f"first chunk {r['chunk_frames']} frames; load {r['load_seconds']:.1f} s; "
         f"time to first audio: median of {r['repeats']} run(s)",
         "",
-        f"{'turn':>4}  {'prompt':>6}  {'reuse: prefill':>14}  {'ttfa':>8}  "
+        f"{'sess':>4}  {'turn':>4}  {'prompt':>6}  {'reuse: prefill':>14}  {'ttfa':>8}  "
         f"{'no reuse: prefill':>17}  {'ttfa':>8}  {'speed-up':>8}",
     ]
     for t in r["turns"]:
         a, b = t["reuse"], t["no_reuse"]
         ratio = b["time_to_first_audio"] / a["time_to_first_audio"] if a["time_to_first_audio"] else 0
         lines.append(
-            f"{t['turn']:>4}  {t['prompt_rows']:>6}  {a['prefill_rows']:>14}  "
+            f"{t['session']:>4}  {t['turn']:>4}  {t['prompt_rows']:>6}  {a['prefill_rows']:>14}  "
             f"{a['time_to_first_audio']:>7.3f}s  {b['prefill_rows']:>17}  "
             f"{b['time_to_first_audio']:>7.3f}s  {ratio:>7.2f}x"
         )
     m = r["mean_ttfa_turns_2_on"]
     lines += [
         "",
-        f"mean time to first audio, turns 2..{len(r['turns'])}: {m['reuse']:.3f} s with reuse, "
+        f"mean time to first audio, turns 2 on: {m['reuse']:.3f} s with reuse, "
         f"{m['no_reuse']:.3f} s without",
         f"codes identical with and without reuse: {'yes' if r['codes_identical'] else 'NO'}",
         f"command: {r['command']}",
@@ -224,6 +233,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="default: engine.device.default_dtype()")
     p.add_argument("--turns", type=int, default=10)
+    p.add_argument("--sessions", type=int, default=1,
+                   help="conversations taking turns on one model (interleaved mode when > 1)")
     p.add_argument("--frames", type=int, default=6, help="frames per turn (80 ms each)")
     p.add_argument("--chunk-frames", type=int, default=2, help="frames in a streamed chunk")
     p.add_argument("--voice-seconds", type=float, default=8.0, help="length of each pinned voice prompt")
@@ -233,8 +244,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no per-turn progress on stderr")
     args = p.parse_args(argv)
-    if min(args.turns, args.frames, args.chunk_frames, args.repeats) < 1:
-        p.error("--turns, --frames, --chunk-frames and --repeats must be at least 1")
+    if min(args.turns, args.frames, args.chunk_frames, args.repeats, args.sessions) < 1:
+        p.error("--turns, --sessions, --frames, --chunk-frames and --repeats must be at least 1")
     args.argv = list(argv)
     return args
 
