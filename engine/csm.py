@@ -212,13 +212,19 @@ class CSM(nn.Module):
 
     def _frame(self, h_last: mx.array, sampler: Sampler, cache: list[KVCache]) -> mx.array:
         """One frame as a lazy graph; `cache` is the depth decoder's (empty, K positions)."""
+        return self.depth_frame(h_last, lambda codebook, logits: sampler(logits), cache)
+
+    def depth_frame(self, h_last: mx.array, pick: Callable[[int, mx.array], mx.array],
+                    cache: list[KVCache]) -> mx.array:
+        """One frame as a lazy graph: h_last (B, Db) -> codes (B, K) int32. `pick(codebook, logits
+        (B, V))` draws codebook i's codes (B,); `cache` is the depth decoder's (empty, K positions)."""
         K = self.config.audio_num_codebooks
-        c = sampler(self.codebook0_head(h_last)).astype(mx.int32)  # (B,)
+        c = pick(0, self.codebook0_head(h_last)).astype(mx.int32)  # (B,)
         codes = [c]
         x = mx.concatenate([h_last[:, None, :], self._embed_code(0, c)], axis=1)  # (B, 2, Db)
         for i in range(1, K):
             h = self.decoder(self.projection(x), cache)  # (B, t, Dd)
-            c = sampler(head_matmul(h[:, -1, :], self.audio_head[i - 1])).astype(mx.int32)  # (B,)
+            c = pick(i, head_matmul(h[:, -1, :], self.audio_head[i - 1])).astype(mx.int32)  # (B,)
             codes.append(c)
             if i < K - 1:
                 x = self._embed_code(i, c)  # (B, 1, Db)

@@ -1,10 +1,17 @@
-"""The stateful generator: one backbone KV cache, the prompt rows it holds, and the frame loop.
+"""The stateful generator: KV caches per conversation, the prompt rows they hold, and the frame loop.
 
-A request is a prompt — rows of 33 columns (32 audio codes + 1 text token) and their mask. The
-generator remembers which rows its KV cache holds (the prompt of the last request plus the frames
-it generated and fed back). A new request keeps the longest common prefix of those rows, trims the
-cache to it and prefills only the rest, so a conversation's next turn computes just the previous
-turn's new rows and its own text instead of the whole history.
+A request is a prompt — rows of 33 columns (32 audio codes + 1 text token) and their mask — and a
+cache key (a session id; None for calls that name none). For each key the generator keeps a stream
+(engine/streams.py): a backbone KV cache and the rows it holds (the prompt of that key's last
+request plus the frames it generated and fed back). A new request keeps the longest common prefix
+of those rows, trims the cache to it and prefills only the rest, so a conversation's next turn
+computes just the previous turn's new rows and its own text instead of the whole history — also
+while other conversations take turns in between. Streams are evicted least recently used under a
+byte budget.
+
+The generator computes through a FrameBackend (engine/backends): prefill of rows, a batched frame
+step, frames from hidden states. Draws are keyed by (seed, frame, codebook) (backends `Draw`), so a
+request's codes depend on nothing but its own inputs.
 
 The cache is only a cache: with `reuse_cache=False` (or after a restart, from stored turns) the
 result must be the same codes, bit for bit. Floating point is not associative, and a matrix
@@ -26,10 +33,12 @@ prefills from there in aligned chunks. Same inputs, same chunk shapes, same kern
 rows per request and one B-row chunk instead of a 1-row step every B frames. B = 1 keeps
 everything (one row at a time) but makes long prefills slow.
 
-Frame loop (one frame = 80 ms of audio):
-  prefill the new prompt rows -> last hidden state h -> CSM.generate_frame(h) -> codes (32,)
-  then, while no stop rule fires: feed the frame back as a row -> h -> the next frame.
-The next frame's computation is started (mx.async_eval) before the current frame is inspected,
+Frame loop (one frame = 80 ms of audio), as ticks over a set of requests (one alone, or a batch,
+engine/scheduler.py):
+  prefill the new prompt rows -> last hidden state h -> backend.frames_from_hidden -> codes (32,)
+  then, every tick, while no stop rule fires: feed each request's frame back as one row of one
+  batched backend.step -> the next frames.
+The next frame's computation is started (backend.start) before the current frame is inspected,
 decoded and handed to the caller, so Python work and decoding overlap the model's work. The price
 is one frame computed in vain after the end-of-speech frame.
 
@@ -54,8 +63,10 @@ import attrs
 import mlx.core as mx
 import numpy as np
 
+from engine.backends import Draw
 from engine.errors import ContextTooLongError, InputError
 from engine.constants import FRAME_RATE, MS_PER_FRAME, NUM_CODEBOOKS, ROW_WIDTH
+from engine.streams import Stream, StreamStore
 
 
 # Run-away protection from the text length. Natural reading runs ~2.5 words/s (~15 chars/s);
@@ -178,118 +189,195 @@ class GeneratedChunk:
     chunk_index: int
 
 
-class _RowLog:
-    """The rows (canonical tokens + mask) the KV cache holds, in a preallocated buffer."""
+def stream_seed(seed: int, index: int) -> int:
+    """The draw seed of piece `index` of a call with `seed` (each piece is its own stream of draws)."""
+    x = (int(seed) * 0x9E3779B1 + int(index) * 0x85EBCA77 + 0x632BE5AB) & 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
-    def __init__(self, capacity: int):
-        self.tokens = np.zeros((capacity, ROW_WIDTH), dtype=np.int32)
-        self.mask = np.zeros((capacity, ROW_WIDTH), dtype=np.bool_)
-        self.count = 0
 
-    def view(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.tokens[: self.count], self.mask[: self.count]
+class Request:
+    """One utterance being generated: its prompt, its stream, its draws, stop rules and output.
 
-    def truncate(self, n: int) -> None:
-        self.count = min(self.count, n)
+    Made by Generator.admit; advanced by Generator.prefill_some (its prompt, in aligned chunks) and
+    Generator.tick (one frame per tick, alongside other requests). Output chunks go to `emit`
+    (appended to `outbox` unless replaced)."""
 
-    def extend(self, tokens: np.ndarray, mask: np.ndarray) -> None:
-        n = len(tokens)
-        self.tokens[self.count : self.count + n] = tokens
-        self.mask[self.count : self.count + n] = mask
-        self.count += n
+    def __init__(self, gen: "Generator", stream: Stream, tokens, mask, keep: int, *, max_frames: int,
+                 draw: Draw, cap_reason: str, streaming: bool, chunk_frames: int, decode: bool,
+                 on_frame, request_id: int, private: bool):
+        self.gen = gen
+        self.stream = stream
+        self.private = private  # a stream of its own (its key was busy): dropped at the end
+        self.id = request_id
+        self.tokens, self.mask = tokens, mask
+        self.next_row = keep  # the first prompt row not yet prefilled
+        self.prefill_tokens, self.cached_tokens = len(tokens) - keep, keep
+        self.max_frames = max_frames
+        self.draw = draw
+        self.cap_reason = cap_reason
+        self.streaming = streaming
+        self.chunk_frames = chunk_frames
+        self.decode = decode
+        self.on_frame = on_frame
+        self.result = None  # the current (not yet inspected) frame: row `index` of `result`
+        self.index = 0
+        self.frames: list[np.ndarray] = []
+        self.pending: list[np.ndarray] = []  # frames not yet handed out
+        self.decoder = gen.codec.streaming_decoder() if (decode and streaming) else None
+        self.first_audio: float | None = None
+        self.chunk_index = 0
+        self.stop_reason: str | None = None
+        self.done = False
+        self.clock = _Clock()
+        self.outbox: list[GeneratedChunk] = []
+        self.emit: Callable[[GeneratedChunk], None] = self.outbox.append
+
+    @property
+    def prefilled(self) -> bool:
+        return self.result is not None
+
+    def launches(self) -> bool:
+        """Whether this tick feeds the current frame back (a next frame may be needed)."""
+        return len(self.frames) + 1 < self.max_frames
+
+    def _chunk(self, codes, audio, final: bool) -> GeneratedChunk:
+        frames = np.stack(self.frames) if self.frames else np.zeros((0, NUM_CODEBOOKS), np.int32)
+        out = GeneratedChunk(
+            codes=codes, audio=audio, frames=frames, is_final=final,
+            stop_reason=self.stop_reason if final else None, prefill_tokens=self.prefill_tokens,
+            cached_tokens=self.cached_tokens,
+            first_audio_time=self.first_audio if self.first_audio is not None else time.perf_counter(),
+            compute_seconds=self.clock.busy(), chunk_index=self.chunk_index,
+        )
+        self.chunk_index += 1
+        return out
+
+    def take(self, frame: np.ndarray) -> None:
+        """Inspect the current frame: stop rules, progress, streamed chunks."""
+        if is_end_of_speech(frame):
+            self.stop_reason = STOP_END_OF_SPEECH
+            return self.finish()
+        self.frames.append(frame)
+        self.pending.append(frame)
+        if self.on_frame is not None:
+            self.on_frame(len(self.frames), self.max_frames)
+        if len(self.frames) >= self.max_frames:
+            self.stop_reason = self.cap_reason
+            return self.finish()
+        if self.streaming and len(self.pending) >= self.chunk_frames:
+            chunk = np.stack(self.pending)
+            self.pending = []
+            audio = self.decoder.decode(chunk.T) if self.decoder is not None else None
+            if audio is not None:
+                mx.eval(audio)
+                if self.first_audio is None:
+                    self.first_audio = time.perf_counter()
+            self.emit(self._chunk(chunk, audio, final=False))
+
+    def finish(self) -> None:
+        """The final chunk: what is left (streaming) or everything (not streaming)."""
+        chunk = np.stack(self.pending) if self.pending else np.zeros((0, NUM_CODEBOOKS), np.int32)
+        self.pending = []
+        audio = None
+        if self.decode:
+            if not len(chunk):
+                audio = mx.zeros((0,), mx.float32)
+            elif self.decoder is not None:
+                audio = self.decoder.decode(chunk.T)
+            else:
+                audio = self.gen.codec.decode(chunk.T)
+            mx.eval(audio)
+        if self.first_audio is None:
+            self.first_audio = time.perf_counter()
+        self.done = True
+        self.release()
+        self.emit(self._chunk(chunk, audio, final=True))
+
+    def release(self) -> None:
+        """Give the stream back (its rows stay cached for the key's next request)."""
+        self.done = True
+        if self.stream.owner == self.id:
+            self.stream.owner = None
 
 
 class Generator:
-    """Stateful frame generator over one CSM network. Not thread-safe: one request at a time.
+    """Frame generator over one FrameBackend, with KV caches per cache key.
 
-    `csm` follows the CSM contract (embed_rows, new_backbone_cache, backbone, generate_frame);
+    `generate` runs one request in the caller's thread; engine/scheduler.py runs many at once
+    through the same `admit` / `prefill_some` / `tick`. Not thread-safe: one thread drives it.
     `codec` (optional) has decode((K, F)) and streaming_decoder().
     """
 
-    def __init__(self, csm, codec=None, max_positions: int | None = None,
-                 prefill_block: int = PREFILL_BLOCK):
-        self.csm = csm
+    def __init__(self, backend, codec=None, max_positions: int | None = None,
+                 prefill_block: int = PREFILL_BLOCK, cache_bytes: int | None = None):
+        self.backend = backend
         self.codec = codec
         if max_positions is None:
-            max_positions = int(getattr(csm.config, "max_seq_len", 2048))
+            max_positions = int(getattr(backend, "max_positions", 2048))
         if prefill_block < 1:
             raise InputError(f"prefill_block must be at least 1, got {prefill_block}")
         self.max_positions = max_positions
         self.block = int(prefill_block)
-        self._cache = None  # list[KVCache], made on first use
-        self._rows = _RowLog(max_positions)  # every row in the cache (canonical or provisional)
-        self._canonical = 0  # rows [0, _canonical) were computed in canonical blocks
-        self._request = 0  # bumped by every request; a stale iterator notices and stops
+        self.streams = StreamStore(backend, max_positions, cache_bytes)
+        self._request = 0  # bumped by every request
 
-    # -- cache state ---------------------------------------------------------------------------
+    # -- cache state (of one key; None: the calls that name no key) ----------------------------
+
+    def stream(self, key=None) -> Stream:
+        return self.streams.get(key)
+
+    def held_rows_of(self, key=None) -> int:
+        stream = self.streams.peek(key)
+        return stream.rows.count if stream is not None else 0
 
     @property
     def held_rows(self) -> int:
-        """Rows the KV cache holds now (prompt rows and fed-back frames)."""
-        return self._rows.count
+        """Rows the anonymous KV cache holds now (prompt rows and fed-back frames)."""
+        return self.held_rows_of(None)
 
-    def held(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the rows the KV cache holds (canonical tokens, mask)."""
-        tokens, mask = self._rows.view()
+    def held(self, key=None) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the rows the KV cache of `key` holds (canonical tokens, mask)."""
+        tokens, mask = self.stream(key).rows.view()
         return tokens.copy(), mask.copy()
+
+    def canonical_rows_of(self, key=None) -> int:
+        stream = self.streams.peek(key)
+        return stream.canonical if stream is not None else 0
 
     @property
     def canonical_rows(self) -> int:
-        """Rows whose keys/values are final (computed in canonical blocks); a multiple of the block
-        size, or everything when the block size is 1."""
-        return self._canonical
+        """Rows of the anonymous cache whose keys/values are final (computed in canonical blocks);
+        a multiple of the block size, or everything when the block size is 1."""
+        return self.canonical_rows_of(None)
 
-    def reset(self) -> None:
-        """Forget the cached rows (the buffers stay allocated)."""
-        self._rows.truncate(0)
-        self._canonical = 0
-        if self._cache is not None:
-            for layer in self._cache:
-                layer.reset()
-
-    def _backbone_cache(self):
-        if self._cache is None:
-            self._cache = self.csm.new_backbone_cache(self.max_positions)
-        return self._cache
-
-    def _trim_to(self, n: int) -> None:
-        for layer in self._backbone_cache():
-            layer.trim(layer.offset - n)
-        self._rows.truncate(n)
-        self._canonical = min(self._canonical, n)
+    def reset(self, key=...) -> None:
+        """Forget the cached rows of `key` (default: of every idle stream)."""
+        if key is ...:
+            for k in self.streams.keys():
+                self.streams.peek(k).reset()
+        elif key in self.streams:
+            self.streams.peek(key).reset()
 
     # -- one request ---------------------------------------------------------------------------
 
-    def plan_prefill(self, tokens: np.ndarray, mask: np.ndarray, reuse_cache: bool = True) -> int:
+    def plan_prefill(self, tokens: np.ndarray, mask: np.ndarray, reuse_cache: bool = True,
+                     stream: Stream | None = None) -> int:
         """Rows of this (canonical) prompt the cache can keep: the common prefix, within the
         canonical rows, rounded down to a block boundary; and never the whole prompt, as the hidden
         state of its last row starts the first frame (its block is recomputed)."""
         if not reuse_cache:
             return 0
-        held_tokens, held_mask = self._rows.view()
-        keep = min(common_prefix_length(held_tokens, held_mask, tokens, mask), self._canonical)
+        stream = stream if stream is not None else self.stream(None)
+        held_tokens, held_mask = stream.rows.view()
+        keep = min(common_prefix_length(held_tokens, held_mask, tokens, mask), stream.canonical)
         return min(keep // self.block, (len(tokens) - 1) // self.block) * self.block
 
-    def generate(
-        self,
-        tokens: np.ndarray,
-        mask: np.ndarray,
-        *,
-        max_frames: int,
-        sampler: Callable[[mx.array], mx.array],
-        cap_reason: str = STOP_MAX_AUDIO_LENGTH,
-        stream: bool = False,
-        chunk_frames: int = 6,
-        reuse_cache: bool = True,
-        decode: bool = True,
-        on_frame: Callable[[int, int], None] | None = None,
-    ) -> Iterator[GeneratedChunk]:
-        """Generate one utterance after the prompt rows `tokens`/`mask` ((T, 33) each).
-
-        Yields GeneratedChunk: one at the end, or (stream=True) one every `chunk_frames` frames
-        plus a final one (which may hold no frames when the utterance ended right after a chunk).
-        `on_frame(frames_so_far, max_frames)` is called after every audio frame.
-        """
+    def check(self, tokens: np.ndarray, mask: np.ndarray, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """The canonical prompt rows, or InputError / ContextTooLongError before any work."""
         tokens, mask = canonical_rows(tokens, mask)
         if len(tokens) == 0:
             raise InputError("the prompt is empty: give at least the text of the line to speak")
@@ -301,166 +389,206 @@ class Generator:
                 f"generated: {len(tokens) + max_frames} > {self.max_positions}. Drop older context, "
                 "use a shorter voice prompt or text, or lower max_audio_length_ms."
             )
-        return self._run(
-            tokens, mask, max_frames=max_frames, sampler=sampler, cap_reason=cap_reason,
-            stream=stream, chunk_frames=max(1, int(chunk_frames)), reuse_cache=reuse_cache,
-            decode=decode and self.codec is not None, on_frame=on_frame,
-        )
+        return tokens, mask
 
-    def _run(self, tokens, mask, *, max_frames, sampler, cap_reason, stream, chunk_frames,
-             reuse_cache, decode, on_frame) -> Iterator[GeneratedChunk]:
+    def admit(self, tokens, mask, *, max_frames: int, draw: Draw | None = None,
+              cap_reason: str = STOP_MAX_AUDIO_LENGTH, stream: bool = False, chunk_frames: int = 6,
+              reuse_cache: bool = True, decode: bool = True, on_frame=None, cache_key=None,
+              take_over: bool = False) -> Request:
+        """A new request on the stream of `cache_key`, its cache trimmed to what it keeps.
+
+        When another request is using that stream: `take_over` takes it (the other one fails when
+        it next runs), else this request gets a private stream (no reuse, the same codes)."""
+        tokens, mask = self.check(tokens, mask, max_frames)
         self._request += 1
-        request = self._request
-        clock = _Clock()
-        cache = self._backbone_cache()
+        held = self.streams.get(cache_key)
+        private = held.owner is not None and not take_over
+        target = self.streams.private(cache_key) if private else held
+        target.owner = self._request
+        keep = self.plan_prefill(tokens, mask, reuse_cache, target)
+        target.trim_to(keep)
+        request = Request(
+            self, target, tokens, mask, keep, max_frames=max_frames, draw=draw or Draw(),
+            cap_reason=cap_reason, streaming=stream, chunk_frames=max(1, int(chunk_frames)),
+            decode=decode and self.codec is not None, on_frame=on_frame, request_id=self._request,
+            private=private,
+        )
+        return request
 
-        # Prefill only the rows the cache does not hold already.
-        keep = self.plan_prefill(tokens, mask, reuse_cache)
-        self._trim_to(keep)
+    def prefill_some(self, request: Request, max_chunks: int | None = None) -> bool:
+        """Prefill up to `max_chunks` aligned chunks of the request's prompt (all by default); when
+        the prompt is done, start its first frame. True when the request is ready for ticks."""
+        if request.prefilled:
+            return True
+        stream, tokens, mask = request.stream, request.tokens, request.mask
+        request.clock.resume()
         try:
-            codes = self._prefill(tokens, mask, keep, cache, sampler)  # (1, 32) lazy
-            self._rows.extend(tokens[keep:], mask[keep:])
+            done = 0
+            while request.next_row < len(tokens) and (max_chunks is None or done < max_chunks):
+                a = request.next_row
+                b = min(a + self.block - a % self.block, len(tokens))
+                hidden = self.backend.prefill(stream.cache, tokens[a:b], mask[a:b])
+                stream.rows.extend(tokens[a:b], mask[a:b])
+                if b % self.block == 0:
+                    stream.canonical = b
+                request.next_row, request.hidden = b, hidden
+                done += 1
+            if request.next_row < len(tokens):
+                return False
+            request.result = self.backend.frames_from_hidden([request.hidden], [request.draw.at(0)])
+            request.index = 0
+            request.hidden = None
+            self.backend.start(request.result)
+            self.streams.evict()
+            return True
         except BaseException:
-            self.reset()
+            self.fail(request)
             raise
-        prefill_tokens, cached_tokens = len(tokens) - keep, keep
+        finally:
+            request.clock.pause()
 
-        frames: list[np.ndarray] = []
-        pending: list[np.ndarray] = []  # frames not yet handed out
-        decoder = self.codec.streaming_decoder() if (decode and stream) else None
-        first_audio: float | None = None
-        chunk_index = 0
-        stop_reason = None
+    def fail(self, request: Request) -> None:
+        """Drop a request after an error: its stream may hold rows nobody logged."""
+        if request.stream.owner == request.id:
+            request.stream.reset()
+        request.release()
 
+    def tick(self, requests: list[Request]) -> None:
+        """One frame for every prefilled request: feed each one's current frame back (one batched
+        step; a frame completing a canonical block recomputes the block through prefill), start the
+        next frames, then inspect the current ones (stop rules, chunks)."""
+        requests = [r for r in requests if r.prefilled and not r.done]
+        if not requests:
+            return
+        for r in requests:
+            r.clock.resume()
         try:
-            while True:
-                # Start the next frame before looking at this one (it feeds this frame back).
-                launched = len(frames) + 1 < max_frames
-                if launched:
-                    next_codes = self._step(codes, cache, sampler)
-                    mx.async_eval(next_codes)
-                frame = np.array(codes).reshape(NUM_CODEBOOKS).astype(np.int32)
-                if launched:
-                    self._rows.extend(*(r[None] for r in frame_row(frame)))
-                if is_end_of_speech(frame):
-                    stop_reason = STOP_END_OF_SPEECH
-                    break
-                frames.append(frame)
-                pending.append(frame)
-                if on_frame is not None:
-                    on_frame(len(frames), max_frames)
-                if not launched:
-                    stop_reason = cap_reason
-                    break
-                if stream and len(pending) >= chunk_frames:
-                    chunk = np.stack(pending)
-                    pending = []
-                    audio = decoder.decode(chunk.T) if decoder is not None else None
-                    if audio is not None:
-                        mx.eval(audio)
-                        if first_audio is None:
-                            first_audio = time.perf_counter()
-                    out = GeneratedChunk(
-                        codes=chunk, audio=audio, frames=np.stack(frames), is_final=False,
-                        stop_reason=None, prefill_tokens=prefill_tokens, cached_tokens=cached_tokens,
-                        first_audio_time=first_audio if first_audio is not None else time.perf_counter(),
-                        compute_seconds=clock.busy(), chunk_index=chunk_index,
-                    )
-                    chunk_index += 1
-                    clock.pause()
-                    yield out
-                    clock.resume()
-                    if self._request != request:
-                        raise _Superseded()
-                codes = next_codes
-        except GeneratorExit:
+            self._tick(requests)
+        except BaseException:
+            for r in requests:
+                self.fail(r)
             raise
+        finally:
+            for r in requests:
+                r.clock.pause()
+
+    def _tick(self, requests: list[Request]) -> None:
+        feeders = [r for r in requests if r.launches()]
+        blocks = [r for r in feeders if self._completes_block(r)]
+        rows = [r for r in feeders if r not in blocks]
+        current = {r.id: np.asarray(r.result)[r.index] for r in blocks}  # waits for these frames
+        launched: dict[int, tuple] = {}
+        if rows:
+            codes = _gather([(r.result, r.index) for r in rows])
+            draws = [r.draw.at(len(r.frames) + 1) for r in rows]
+            result = self.backend.step([r.stream.cache for r in rows], codes, draws)
+            self.backend.start(result)
+            launched.update({r.id: (result, i) for i, r in enumerate(rows)})
+        if blocks:
+            hidden = [self._recompute_block(r, current[r.id]) for r in blocks]
+            result = self.backend.frames_from_hidden(hidden, [r.draw.at(len(r.frames) + 1) for r in blocks])
+            self.backend.start(result)
+            launched.update({r.id: (result, i) for i, r in enumerate(blocks)})
+        for r in requests:
+            frame = current.get(r.id)
+            if frame is None:
+                frame = np.asarray(r.result)[r.index]
+            frame = frame.reshape(NUM_CODEBOOKS).astype(np.int32)
+            if r.id in launched:
+                if r not in blocks:  # (a block's rows were logged by _recompute_block)
+                    r.stream.rows.extend(*(x[None] for x in frame_row(frame)))
+                    if self.block == 1:  # one-row blocks: every row is canonical
+                        r.stream.canonical = r.stream.rows.count
+                r.result, r.index = launched[r.id]
+            r.take(frame)
+
+    def _completes_block(self, r: Request) -> bool:
+        """Whether feeding r's current frame completes a canonical block (see the module doc)."""
+        p = r.stream.rows.count  # the frame goes to position p
+        return self.block > 1 and (p + 1) % self.block == 0 and p + 1 - self.block == r.stream.canonical
+
+    def _recompute_block(self, r: Request, frame: np.ndarray):
+        """Drop the block's provisional rows and compute the whole block (frame included) as one
+        chunk; -> the hidden state of its last row."""
+        stream = r.stream
+        p = stream.rows.count
+        start = p + 1 - self.block
+        stream.trim_to(start)
+        stream.rows.count = p  # the log's buffer still holds the provisional rows [start, p)
+        stream.rows.extend(*(x[None] for x in frame_row(frame)))
+        tokens, mask = stream.rows.tokens[start:p + 1], stream.rows.mask[start:p + 1]
+        hidden = self.backend.prefill(stream.cache, tokens, mask)
+        stream.canonical = p + 1
+        return hidden
+
+    def generate(self, tokens: np.ndarray, mask: np.ndarray, *, max_frames: int,
+                 draw: Draw | None = None, cap_reason: str = STOP_MAX_AUDIO_LENGTH,
+                 stream: bool = False, chunk_frames: int = 6, reuse_cache: bool = True,
+                 decode: bool = True, on_frame: Callable[[int, int], None] | None = None,
+                 cache_key=None) -> Iterator[GeneratedChunk]:
+        """Generate one utterance after the prompt rows `tokens`/`mask` ((T, 33) each), in the
+        caller's thread, on the stream of `cache_key`.
+
+        Yields GeneratedChunk: one at the end, or (stream=True) one every `chunk_frames` frames
+        plus a final one (which may hold no frames when the utterance ended right after a chunk).
+        `on_frame(frames_so_far, max_frames)` is called after every audio frame. A newer request on
+        the same key takes its stream over: this one then raises InputError when resumed.
+        """
+        request = self.admit(tokens, mask, max_frames=max_frames, draw=draw, cap_reason=cap_reason,
+                             stream=stream, chunk_frames=chunk_frames, reuse_cache=reuse_cache,
+                             decode=decode, on_frame=on_frame, cache_key=cache_key, take_over=True)
+        return self._run(request)
+
+    def _run(self, request: Request) -> Iterator[GeneratedChunk]:
+        try:
+            self.prefill_some(request)
+            while True:
+                self.tick([request])
+                while request.outbox:
+                    yield request.outbox.pop(0)
+                    if request.stream.owner != request.id and not request.done:
+                        raise _Superseded()
+                if request.done:
+                    return
         except _Superseded:
+            request.done = True
             raise InputError(
                 "another generation started on this model before this one finished; "
                 "finish (or close) one stream before starting the next"
             ) from None
-        except BaseException:
-            self.reset()  # the cache may hold rows we did not log
-            raise
-
-        # The final chunk: what is left (streaming) or everything (not streaming).
-        chunk = np.stack(pending) if pending else np.zeros((0, NUM_CODEBOOKS), np.int32)
-        audio = None
-        if decode:
-            if decoder is not None:
-                audio = decoder.decode(chunk.T) if len(chunk) else mx.zeros((0,), mx.float32)
-            else:
-                audio = self.codec.decode(chunk.T) if len(chunk) else mx.zeros((0,), mx.float32)
-            mx.eval(audio)
-        now = time.perf_counter()
-        if first_audio is None:
-            first_audio = now
-        all_frames = np.stack(frames) if frames else np.zeros((0, NUM_CODEBOOKS), np.int32)
-        yield GeneratedChunk(
-            codes=chunk, audio=audio, frames=all_frames, is_final=True, stop_reason=stop_reason,
-            prefill_tokens=prefill_tokens, cached_tokens=cached_tokens, first_audio_time=first_audio,
-            compute_seconds=clock.busy(), chunk_index=chunk_index,
-        )
-
-    # -- model steps -----------------------------------------------------------------------------
-
-    def _prefill(self, tokens: np.ndarray, mask: np.ndarray, start: int, cache, sampler) -> mx.array:
-        """Run the backbone over the prompt rows from `start` (a block boundary) in aligned chunks;
-        sample the first frame. -> (1, 32) lazy codes."""
-        hidden = None
-        for a in range(start, len(tokens), self.block):
-            b = min(a + self.block, len(tokens))
-            embeds = self.csm.embed_rows(mx.array(tokens[a:b])[None], mx.array(mask[a:b])[None])
-            hidden = self.csm.backbone(embeds, cache)  # (1, b - a, D)
-        self._canonical = len(tokens) // self.block * self.block
-        return self.csm.generate_frame(hidden[:, -1, :], sampler)
-
-    def _step(self, codes: mx.array, cache, sampler) -> mx.array:
-        """Feed one frame (1, 32) back as a row; sample the next. -> (1, 32) lazy codes.
-
-        The frame goes to position p. When it completes the block [p+1-B, p+1), the block's
-        provisional rows are dropped and the whole block is computed as one chunk (canonical);
-        otherwise the frame is one provisional row."""
-        p = self._rows.count  # the rows log holds every row before this frame
-        # The same row embedding as a prompt's audio row (embed_rows), so a frame fed back here and
-        # the same frame prefilled later as context embed identically.
-        row = mx.concatenate([codes.astype(mx.int32), mx.zeros((1, 1), mx.int32)], axis=1)  # (1, 33)
-        start = p + 1 - self.block
-        if self.block > 1 and (p + 1) % self.block == 0 and start == self._canonical:
-            for layer in cache:
-                layer.trim(layer.offset - start)
-            tokens = mx.concatenate([mx.array(self._rows.tokens[start:p]), row], axis=0)  # (B, 33)
-            mask = mx.concatenate([mx.array(self._rows.mask[start:p]), _FRAME_MASK[0]], axis=0)
-            hidden = self.csm.backbone(self.csm.embed_rows(tokens[None], mask[None]), cache)
-            self._canonical = p + 1
-        else:
-            hidden = self.csm.backbone(self.csm.embed_rows(row[:, None, :], _FRAME_MASK), cache)
-            if self.block == 1:
-                self._canonical = p + 1
-        return self.csm.generate_frame(hidden[:, -1, :], sampler)
+        finally:
+            request.release()
 
 
-_FRAME_MASK = mx.array(frame_row(np.zeros(NUM_CODEBOOKS, np.int32))[1])[None, None, :]  # (1, 1, 33)
+def _gather(parts: list[tuple]):
+    """Rows `index` of results, stacked into one (B, 32) batch (the result itself when it is one)."""
+    first = parts[0][0]
+    if all(res is first for res, _ in parts) and [i for _, i in parts] == list(range(len(first))):
+        return first
+    if all(isinstance(res, np.ndarray) for res, _ in parts):
+        return np.stack([np.asarray(res)[i] for res, i in parts])
+    return mx.concatenate([mx.array(res)[i:i + 1] for res, i in parts], axis=0)
 
 
 class _Superseded(Exception):
-    """A newer request took over the cache while this one waited at a yield."""
+    """A newer request took over the stream while this one waited at a yield."""
 
 
 class _Clock:
-    """Seconds spent working, not counting the time the caller holds a yielded chunk."""
+    """Seconds spent working, not counting the time between pause() and resume()."""
 
     def __init__(self):
         self._busy = 0.0
-        self._since = time.perf_counter()
-
-    def pause(self) -> None:
-        self._busy += time.perf_counter() - self._since
         self._since = None
 
+    def pause(self) -> None:
+        if self._since is not None:
+            self._busy += time.perf_counter() - self._since
+            self._since = None
+
     def resume(self) -> None:
-        self._since = time.perf_counter()
+        if self._since is None:
+            self._since = time.perf_counter()
 
     def busy(self) -> float:
         running = time.perf_counter() - self._since if self._since is not None else 0.0

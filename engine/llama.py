@@ -199,6 +199,23 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
+    def rows(self, x: mx.array, caches: list[KVCache]) -> mx.array:
+        """One new row per stream: x (B, 1, dim), row b appended to caches[b] at its own offset.
+        The projections take all B rows at once (the weights are read once); rotation and attention
+        run per stream, each over its own cache."""
+        B = x.shape[0]
+        q = self.q_proj(x).reshape(B, 1, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, 1, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, 1, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        out = []
+        for b, cache in enumerate(caches):
+            qb = self.rope(q[b:b + 1], cache.offset)
+            kb, vb = cache.update_and_fetch(self.rope(k[b:b + 1], cache.offset), v[b:b + 1])
+            out.append(mx.fast.scaled_dot_product_attention(qb, kb, vb, scale=self.scale))
+        out = mx.concatenate(out, axis=0) if B > 1 else out[0]  # (B, H, 1, head_dim)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
+
+
 class MLP(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
@@ -223,6 +240,12 @@ class Block(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
+    def rows(self, x: mx.array, caches: list[KVCache]) -> mx.array:
+        """One new row per stream (see Attention.rows): x (B, 1, dim)."""
+        h = x + self.self_attn.rows(self.input_layernorm(x), caches)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
 class Llama(nn.Module):
     """A stack of blocks and the final norm: embeddings (B, T, dim) -> hidden (B, T, dim)."""
 
@@ -242,4 +265,11 @@ class Llama(nn.Module):
     def __call__(self, x: mx.array, cache: list[KVCache] | None = None) -> mx.array:
         for i, layer in enumerate(self.layers):
             x = layer(x, cache[i] if cache is not None else None)
+        return self.norm(x)
+
+    def rows(self, x: mx.array, caches: list[list[KVCache]]) -> mx.array:
+        """One new row for each of B streams: x (B, 1, dim) -> hidden (B, 1, dim) after the final
+        norm; caches[b] is stream b's cache (one KVCache per layer)."""
+        for i, layer in enumerate(self.layers):
+            x = layer.rows(x, [c[i] for c in caches])
         return self.norm(x)

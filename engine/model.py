@@ -45,6 +45,7 @@ from engine.generator import (
     audio_length_frame_cap,
     chunk_frames_for,
     frame_cap,
+    stream_seed,
 )
 from engine.segment import Segment
 from engine.constants import DEFAULT_MODEL, FRAME_RATE, SAMPLE_RATE
@@ -121,7 +122,10 @@ def _check_clip_length(audio: np.ndarray, what: str) -> None:
 class CSMModel:
     """A loaded CSM: `.csm` (network), `.tokenizer`, `.codec` (Mimi), `.voices`, `.generator`."""
 
-    def __init__(self, csm, tokenizer, codec, voices=None, path: Path | None = None, name: str = ""):
+    def __init__(self, csm, tokenizer, codec, voices=None, path: Path | None = None, name: str = "",
+                 options: EngineOptions | None = None, cache_bytes: int | None = None):
+        """`options`: how the network computes (the frame backend is chosen from them once, here);
+        `cache_bytes`: the generator's KV-cache budget (default: sized from the machine's memory)."""
         self.csm = csm
         self.tokenizer = tokenizer
         self.codec = codec
@@ -130,7 +134,11 @@ class CSMModel:
         self.name = name or (str(path) if path else "")
         self.sample_rate = SAMPLE_RATE
         self.max_positions = int(getattr(csm.config, "max_seq_len", 2048))
-        self.generator = Generator(csm, codec, self.max_positions)
+        from engine.backends import choose_backend
+
+        self.options = options or EngineOptions.from_env()
+        self.backend = choose_backend(csm, self.options)
+        self.generator = Generator(self.backend, codec, self.max_positions, cache_bytes=cache_bytes)
         self._voice_codes: dict[tuple, np.ndarray] = {}
         self._context_codes: OrderedDict[str, np.ndarray] = OrderedDict()
         self.encode_count = 0  # codec encodes done (tests check that voices are encoded once)
@@ -273,6 +281,7 @@ class CSMModel:
         watermark: bool = True,
         max_piece_chars: int = MAX_PIECE_CHARS,
         on_frame: Callable[[int, int], None] | None = None,
+        cache_key=None,
         **unknown,
     ) -> Iterator[GenerationResult]:
         """Speak `text`; yield GenerationResult per utterance (per chunk when stream=True).
@@ -280,6 +289,8 @@ class CSMModel:
         Inputs are checked, the voice prompt and context are encoded and the text is split before
         this returns, so bad input raises here; the frames are generated as you iterate.
         `on_frame(frames_so_far, frame_cap)` is called after every generated frame (progress bars).
+        `cache_key` names the conversation (a session id): the generator keeps a KV cache per key,
+        so conversations taking turns each reuse their own history; calls without one share a cache.
         """
         started = time.perf_counter()
         if unknown:
@@ -315,12 +326,14 @@ class CSMModel:
                                                max_audio_length_ms, max_piece_chars, normalize)]
         return self._generate(plans, sampler=sampler, seed=seed, stream=stream,
                               chunk_frames=chunk_frames, reuse_cache=reuse_cache,
-                              watermark=watermark, on_frame=on_frame, started=started)
+                              watermark=watermark, on_frame=on_frame, started=started,
+                              cache_key=cache_key)
 
     def generate_turn(self, plan: "TurnPlan", *, temperature: float = 0.9, top_k: int = 50,
                       seed: int | None = None, stream: bool = False, streaming_interval: float = 0.5,
                       reuse_cache: bool = True, watermark: bool = True,
-                      on_frame: Callable[[int, int], None] | None = None) -> Iterator[GenerationResult]:
+                      on_frame: Callable[[int, int], None] | None = None,
+                      cache_key=None) -> Iterator[GenerationResult]:
         """Generate one utterance from a plan the caller already made (`plan_turn`): the lower-level
         entry point under generate(), for callers that build their own context (Conversation).
         Yields GenerationResult as generate() does; bad options raise here, before any frame."""
@@ -333,7 +346,8 @@ class CSMModel:
         chunk_frames = chunk_frames_for(streaming_interval) if stream else 0
         return self._generate([plan], sampler=sampler, seed=_check_seed(seed), stream=stream,
                               chunk_frames=chunk_frames, reuse_cache=reuse_cache,
-                              watermark=watermark, on_frame=on_frame, started=started)
+                              watermark=watermark, on_frame=on_frame, started=started,
+                              cache_key=cache_key)
 
     def _build_prompt(self, piece: str, speaker: int, context, reference, voice_match: bool):
         from engine.prompt import build_prompt, build_voice_match_prompt
@@ -401,18 +415,21 @@ class CSMModel:
         )
 
     def _generate(self, plans, *, sampler, seed, stream, chunk_frames, reuse_cache, watermark,
-                  on_frame, started) -> Iterator[GenerationResult]:
+                  on_frame, started, cache_key=None) -> Iterator[GenerationResult]:
+        from engine.backends import Draw
         from engine.watermark import apply_watermark, warn_streaming_unmarked
 
-        mx.random.seed(seed)
         _reset_peak_memory()
         if stream and watermark:
             warn_streaming_unmarked()
         for index, plan in enumerate(plans):
+            # Each piece draws from its own stream of random numbers, derived from (seed, piece).
+            draw = Draw(sampler.temperature, sampler.top_k, sampler.suppress_undecodable,
+                        stream_seed(seed, index))
             chunks = self.generator.generate(
-                plan.tokens, plan.mask, max_frames=plan.max_frames, sampler=sampler,
+                plan.tokens, plan.mask, max_frames=plan.max_frames, draw=draw,
                 cap_reason=plan.cap_reason, stream=stream, chunk_frames=chunk_frames or 1,
-                reuse_cache=reuse_cache, on_frame=on_frame,
+                reuse_cache=reuse_cache, on_frame=on_frame, cache_key=cache_key,
             )
             for chunk in chunks:
                 audio = chunk.audio if chunk.audio is not None else mx.zeros((0,), mx.float32)
@@ -505,7 +522,7 @@ def load_codec(path: Path):
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | None = None,
                quantize: int | None = None, options: EngineOptions | None = None,
-               voices_dir=None) -> CSMModel:
+               voices_dir=None, cache_bytes: int | None = None) -> CSMModel:
     """Load a CSM model: a hub id (downloaded and cached), a local folder, or "tiny-random".
 
     `dtype`: "float32", "bfloat16" or "float16" for the float weights (None: the device's measured
@@ -513,7 +530,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | 
     load, as `csm convert --quantize` does on disk; a checkpoint that is already quantized loads as
     it is and refuses another quantization. `options`: the engine settings (EngineOptions; default
     from the environment); `dtype` overrides its dtype. `voices_dir`: where user-registered voices
-    live (default $CSM_HOME/voices).
+    live (default $CSM_HOME/voices). `cache_bytes`: how many bytes of KV caches the generator keeps
+    for conversations (least recently used out; default 1/8 of the machine's memory).
     """
     from engine.checkpoints import load_csm, load_tokenizer_path, resolve_model
     from engine.device import default_dtype
@@ -532,6 +550,5 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | 
     tokenizer = TextTokenizer.from_file(load_tokenizer_path(path))
     codec = load_codec(path)
     voices = VoiceLibrary(path, user_dir=voices_dir) if voices_dir is not None else VoiceLibrary(path)
-    model = CSMModel(csm, tokenizer, codec, voices, path=path, name=str(name_or_path))
-    model.options = options
-    return model
+    return CSMModel(csm, tokenizer, codec, voices, path=path, name=str(name_or_path), options=options,
+                    cache_bytes=cache_bytes)

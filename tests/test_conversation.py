@@ -104,7 +104,7 @@ def test_prefill_is_exactly_the_new_rows_with_one_row_blocks(tmp_path, model):
     from engine.generator import Generator
 
     exact = copy.copy(model)
-    exact.generator = Generator(model.csm, model.codec, model.max_positions, prefill_block=1)
+    exact.generator = Generator(model.backend, model.codec, model.max_positions, prefill_block=1)
     conv = open_conv(tmp_path, exact)
     conv.set_voice(0, "conversational_a")
     talk(conv, LINES)

@@ -96,16 +96,21 @@ def test_a_chunk_ending_on_the_last_frame_is_decoded_once(tiny_model):
 
 
 def silence_at(model, monkeypatch, n: int) -> None:
-    """Make the model's n-th generated frame all zeros (end of speech)."""
-    real = model.csm.generate_frame
+    """Make the model's n-th generated frame all zeros (end of speech), whichever backend call
+    draws it (the first frame comes from frames_from_hidden, the next ones from step)."""
+    backend = model.generator.backend
     calls = []
 
-    def frame_or_silence(h_last, sampler):
-        calls.append(1)
-        codes = real(h_last, sampler)
-        return mx.zeros_like(codes) if len(calls) == n else codes
+    def wrap(real):
+        def call(*args):
+            codes = real(*args)
+            calls.append(1)
+            return mx.zeros_like(codes) if len(calls) == n else codes
 
-    monkeypatch.setattr(model.csm, "generate_frame", frame_or_silence)
+        return call
+
+    monkeypatch.setattr(backend, "frames_from_hidden", wrap(backend.frames_from_hidden))
+    monkeypatch.setattr(backend, "step", wrap(backend.step))
 
 
 def test_end_of_speech_on_a_chunk_edge_streams_what_came_before(tiny_model, monkeypatch):

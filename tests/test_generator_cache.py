@@ -22,7 +22,6 @@ from engine.generator import (
     frame_row,
     text_frame_cap,
 )
-from engine.kv_cache import KVCache
 from engine.segment import Segment
 
 
@@ -31,33 +30,66 @@ from engine.segment import Segment
 # ------------------------------------------------------------------------------------------------
 
 
-class FakeCSM:
-    """Hidden state = running sum over positions of (row value + 1000 * size of the chunk that
-    computed the position): like floating point, a position's keys depend on how it was chunked."""
+class FakeCache:
+    """A backend StreamCache holding one number per position."""
+
+    def __init__(self, max_positions):
+        self.values = np.zeros(max_positions)
+        self.offset = 0
+
+    def append(self, values):
+        if self.offset + len(values) > len(self.values):
+            raise ContextTooLongError("fake cache full")
+        self.values[self.offset:self.offset + len(values)] = values
+        self.offset += len(values)
+        return self.values[: self.offset].sum()
+
+    def trim_to(self, n):
+        self.offset = min(self.offset, n)
+
+    def reset(self):
+        self.offset = 0
+
+    @property
+    def nbytes(self):
+        return self.values.nbytes
+
+
+class FakeBackend:
+    """A FrameBackend whose hidden state is the running sum over positions of (row value + 1000 *
+    size of the chunk that computed the position): like floating point, a position's keys depend
+    on how it was chunked."""
+
+    name, detail = "fake", "fake"
 
     def __init__(self, max_seq_len=64):
-        self.config = SimpleNamespace(max_seq_len=max_seq_len)
-        self.script: list[int] = []  # per generate_frame call: 0 -> the all-zero frame
+        self.max_positions = max_seq_len
+        self.script: list[int] = []  # per frame drawn: 0 -> the all-zero frame
 
-    def embed_rows(self, tokens, mask):  # (B, T, 33) -> (B, T, 1)
-        return mx.sum(mx.where(mask, tokens, 0), axis=-1, keepdims=True).astype(mx.float32)
+    def new_cache(self, max_positions):
+        return FakeCache(max_positions)
 
-    def new_backbone_cache(self, max_size=None):
-        return [KVCache(max_size or self.config.max_seq_len, 1, 1)]
+    def prefill(self, cache, tokens, mask):
+        rows = np.where(mask, tokens, 0).sum(axis=1) + 1000 * len(tokens)
+        return cache.append(rows)
 
-    def backbone(self, embeds, cache):  # (B, T, 1) -> (B, T, 1): running sum over all positions
-        T = embeds.shape[1]
-        k = (embeds + 1000 * T).transpose(0, 2, 1)[:, :, :, None]  # (B, 1, T, 1)
-        keys, _ = cache[0].update_and_fetch(k, k)
-        total = mx.cumsum(keys[:, 0, :, 0], axis=1)  # (B, offset)
-        return total[:, -T:, None]
+    def step(self, caches, codes, draws):
+        codes = np.asarray(codes)
+        hidden = [c.append([codes[b].sum() + 1000]) for b, c in enumerate(caches)]
+        return self.frames_from_hidden(hidden, draws)
 
-    def generate_frame(self, h_last, sampler):  # (B, 1) -> (B, 32)
-        base = (h_last.astype(mx.int32) % 997) + 1  # never 0
-        codes = (base + mx.arange(32)[None, :]) % 2048 + (mx.arange(32)[None, :] == 0)
-        if self.script and self.script.pop(0) == 0:
-            codes = mx.zeros_like(codes)
-        return codes.astype(mx.int32)
+    def frames_from_hidden(self, hidden, draws):
+        out = []
+        for h in hidden:
+            base = int(h) % 997 + 1  # never 0
+            codes = (base + np.arange(32)) % 2048 + (np.arange(32) == 0)
+            if self.script and self.script.pop(0) == 0:
+                codes = np.zeros(32)
+            out.append(codes)
+        return np.array(out, dtype=np.int32)
+
+    def start(self, result):
+        pass
 
 
 class FakeCodec:
@@ -91,7 +123,6 @@ def cat(*parts):
 
 def run(gen, prompt, **kw):
     kw.setdefault("max_frames", 8)
-    kw.setdefault("sampler", None)
     return list(gen.generate(*prompt, **kw))
 
 
@@ -143,7 +174,7 @@ def test_common_prefix_ignores_masked_out_columns():
 
 
 def test_end_of_speech_frame_stops_and_is_not_audio():
-    csm = FakeCSM()
+    csm = FakeBackend()
     gen = Generator(csm, FakeCodec())
     csm.script = [1, 1, 1, 0]
     (out,) = run(gen, text_rows([3, 4]))
@@ -153,7 +184,7 @@ def test_end_of_speech_frame_stops_and_is_not_audio():
 
 
 def test_frame_cap_stops_with_its_reason():
-    gen = Generator(FakeCSM(), FakeCodec())
+    gen = Generator(FakeBackend(), FakeCodec())
     (out,) = run(gen, text_rows([3, 4]), max_frames=5, cap_reason=STOP_TEXT_LENGTH_CAP)
     assert out.codes.shape == (5, 32)
     assert out.stop_reason == STOP_TEXT_LENGTH_CAP
@@ -162,7 +193,7 @@ def test_frame_cap_stops_with_its_reason():
 
 
 def test_streaming_chunks_join_to_the_whole():
-    csm = FakeCSM()
+    csm = FakeBackend()
     whole = run(Generator(csm, FakeCodec()), text_rows([3, 4]), max_frames=5)[0]
     chunks = run(Generator(csm, FakeCodec()), text_rows([3, 4]), max_frames=5, stream=True, chunk_frames=2)
     assert [len(c.codes) for c in chunks] == [2, 2, 1]
@@ -174,7 +205,7 @@ def test_streaming_chunks_join_to_the_whole():
 
 
 def test_stream_ending_on_a_chunk_boundary_yields_an_empty_final_chunk():
-    csm = FakeCSM()
+    csm = FakeBackend()
     csm.script = [1, 1, 1, 1, 0]
     chunks = run(Generator(csm, FakeCodec()), text_rows([3]), stream=True, chunk_frames=2)
     assert [len(c.codes) for c in chunks] == [2, 2, 0]
@@ -182,15 +213,15 @@ def test_stream_ending_on_a_chunk_boundary_yields_an_empty_final_chunk():
 
 
 def test_context_too_long_is_refused_before_any_work():
-    gen = Generator(FakeCSM(max_seq_len=16), FakeCodec())
+    gen = Generator(FakeBackend(max_seq_len=16), FakeCodec())
     with pytest.raises(ContextTooLongError, match="10 positions.*8 frames"):
-        gen.generate(*text_rows(list(range(1, 11))), max_frames=8, sampler=None)
+        gen.generate(*text_rows(list(range(1, 11))), max_frames=8)
     assert gen.held_rows == 0
 
 
 @pytest.mark.parametrize("block", [1, 4, 32])
 def test_reuse_prefills_only_new_rows_and_gives_the_same_codes(block):
-    csm_a, csm_b = FakeCSM(max_seq_len=256), FakeCSM(max_seq_len=256)
+    csm_a, csm_b = FakeBackend(max_seq_len=256), FakeBackend(max_seq_len=256)
     reuse = Generator(csm_a, FakeCodec(), prefill_block=block)
     fresh = Generator(csm_b, FakeCodec(), prefill_block=block)
     history = []
@@ -222,14 +253,14 @@ def test_keeping_provisional_rows_would_change_the_codes():
     """The fake is as sensitive as floating point: a prompt prefilled in a different chunking
     (block 4 vs the whole prompt in one chunk) gives other codes. The canonical blocks matter."""
     prompt = text_rows(list(range(1, 11)))
-    (a,) = run(Generator(FakeCSM(), FakeCodec(), prefill_block=4), prompt)
-    (b,) = run(Generator(FakeCSM(), FakeCodec(), prefill_block=64), prompt)
+    (a,) = run(Generator(FakeBackend(), FakeCodec(), prefill_block=4), prompt)
+    (b,) = run(Generator(FakeBackend(), FakeCodec(), prefill_block=64), prompt)
     assert not np.array_equal(a.codes, b.codes)
 
 
 @pytest.mark.parametrize("block, expect", [(1, (1, 3)), (4, (2, 4))])
 def test_same_prompt_twice_recomputes_only_the_last_block(block, expect):
-    gen = Generator(FakeCSM(), FakeCodec(), prefill_block=block)
+    gen = Generator(FakeBackend(), FakeCodec(), prefill_block=block)
     prompt = text_rows([3, 4, 5, 6] if block == 1 else [3, 4, 5, 6, 7, 8])
     first = run(gen, prompt)[0]
     again = run(gen, prompt)[0]
@@ -238,10 +269,10 @@ def test_same_prompt_twice_recomputes_only_the_last_block(block, expect):
 
 
 def test_abandoned_stream_leaves_a_consistent_cache():
-    csm = FakeCSM()
+    csm = FakeBackend()
     gen = Generator(csm, FakeCodec(), prefill_block=2)
     prompt = text_rows([3, 4, 5])
-    stream = gen.generate(*prompt, max_frames=8, sampler=None, stream=True, chunk_frames=2)
+    stream = gen.generate(*prompt, max_frames=8, stream=True, chunk_frames=2)
     first = next(stream)
     stream.close()
     held_tokens, _ = gen.held()
@@ -251,14 +282,14 @@ def test_abandoned_stream_leaves_a_consistent_cache():
     # a follow-up that shares the prompt and the two frames reuses them and matches a fresh run
     follow = cat(prompt, audio_rows(first.codes, eos=False), text_rows([7]))
     (a,) = run(gen, follow)
-    (b,) = run(Generator(FakeCSM(), FakeCodec(), prefill_block=2), follow)
+    (b,) = run(Generator(FakeBackend(), FakeCodec(), prefill_block=2), follow)
     assert (a.prefill_tokens, a.cached_tokens) == (2, 4)
     assert np.array_equal(a.codes, b.codes)
 
 
 def test_a_second_request_supersedes_a_paused_stream():
-    gen = Generator(FakeCSM(), FakeCodec(), prefill_block=1)
-    stream = gen.generate(*text_rows([3]), max_frames=8, sampler=None, stream=True, chunk_frames=1)
+    gen = Generator(FakeBackend(), FakeCodec(), prefill_block=1)
+    stream = gen.generate(*text_rows([3]), max_frames=8, stream=True, chunk_frames=1)
     next(stream)
     run(gen, text_rows([4, 5]))
     with pytest.raises(InputError, match="another generation"):

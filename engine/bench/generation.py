@@ -245,21 +245,22 @@ def measure_generator(model: CSM, prompt_rows: int, frames: int, *, seed: int = 
     """The same work through engine.generator.Generator (streaming, Mimi decoding overlapped with the
     frame loop): what a user of CSMModel.generate sees. None when the generator is not available."""
     try:
+        from engine.backends import Draw, choose_backend
         from engine.generator import Generator
     except ImportError:
         return None
     tokens, mask = random_prompt(prompt_rows, model.config, seed)
-    gen = Generator(model, codec=mimi)
+    gen = Generator(choose_backend(model), codec=mimi)
+    draw = Draw(temperature=0.9, top_k=50, seed=seed)
     # Warm-up, as measure() has one: a short run of the same shapes (the prompt's 64-row blocks,
     # one-row steps, a streamed chunk), so first-use work (kernel compilation: on CUDA MLX compiles
     # kernels at first use, seconds each on a fresh machine) is not timed as generation.
     warm = min(frames, chunk_frames + 2)
-    for _ in gen.generate(tokens, mask, max_frames=warm, sampler=_sampler(), stream=mimi is not None,
+    for _ in gen.generate(tokens, mask, max_frames=warm, draw=draw, stream=mimi is not None,
                           chunk_frames=chunk_frames, reuse_cache=False, decode=mimi is not None):
         pass
-    mx.random.seed(seed)
     start = time.perf_counter()
-    chunks = list(gen.generate(tokens, mask, max_frames=frames, sampler=_sampler(), stream=mimi is not None,
+    chunks = list(gen.generate(tokens, mask, max_frames=frames, draw=draw, stream=mimi is not None,
                                chunk_frames=chunk_frames, reuse_cache=False, decode=mimi is not None))
     seconds = time.perf_counter() - start
     produced = len(chunks[-1].frames)
