@@ -143,11 +143,11 @@ typedef struct {
     int8_t *xq;            /* (B, in) int8, natural order */
     int8_t *xp;            /* (B, in) int8, each 32-block as [even elements, odd elements] (int4) */
     float *dx;             /* (B, in/group): the quantization step per group */
-    int32_t *xqs;          /* (B, in/group): sum of xq per group */
+    float *cb;             /* (B, in/group): dx * sum(xq) per group (the bias term's input) */
 } Act;
 
 static void act_free(Act *a) {
-    free(a->xb); free(a->xq); free(a->xp); free(a->dx); free(a->xqs);
+    free(a->xb); free(a->xq); free(a->xp); free(a->dx); free(a->cb);
     memset(a, 0, sizeof(*a));
 }
 
@@ -155,13 +155,13 @@ static void act_prepare(Act *a, const float *x, int B, int64_t in, int group) {
     a->B = B; a->in = in; a->group = group; a->x = x;
     a->xb = (uint16_t *)malloc(sizeof(uint16_t) * B * in);
     for (int64_t i = 0; i < B * in; i++) a->xb[i] = f32_to_bf16(x[i]);
-    a->xq = NULL; a->xp = NULL; a->dx = NULL; a->xqs = NULL;
+    a->xq = NULL; a->xp = NULL; a->dx = NULL; a->cb = NULL;
     if (group <= 0) return;
     int64_t ng = in / group;
     a->xq = (int8_t *)malloc(B * in);
     a->xp = (int8_t *)malloc(B * in);
     a->dx = (float *)malloc(sizeof(float) * B * ng);
-    a->xqs = (int32_t *)malloc(sizeof(int32_t) * B * ng);
+    a->cb = (float *)malloc(sizeof(float) * B * ng);
     for (int b = 0; b < B; b++) {
         const float *xr = x + b * in;
         int8_t *q = a->xq + b * in, *p = a->xp + b * in;
@@ -181,7 +181,7 @@ static void act_prepare(Act *a, const float *x, int B, int64_t in, int group) {
                 qs += (int32_t)r;
             }
             a->dx[b * ng + g] = d;
-            a->xqs[b * ng + g] = qs;
+            a->cb[b * ng + g] = d * (float)qs;
         }
         for (int64_t c = 0; c < in / 32; c++)
             for (int i = 0; i < 16; i++) {
@@ -195,6 +195,7 @@ static void act_prepare(Act *a, const float *x, int B, int64_t in, int group) {
 /* one output row dotted with one prepared input row */
 
 static float dot_bf16(const uint16_t *w, const uint16_t *xb, int64_t in, int variant) {
+    (void)variant;
     int64_t i = 0;
     float s = 0.0f;
 #ifdef CSM_BF16DOT
@@ -215,117 +216,139 @@ static float dot_bf16(const uint16_t *w, const uint16_t *xb, int64_t in, int var
     return s;
 }
 
-#if defined(CSM_AVX2)
-static inline int32_t hsum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
-}
-#endif
+/* Quantized rows. Every variant keeps the same 8 int32 lanes per 32 inputs (lane j sums inputs
+ * 4j..4j+3 of each 32-block, as vpdpbusd on 256 bits does) and the same float accumulation per lane:
+ *   acc[j] += (float)isum_j(group g) * (scale_g * dx_g)       (fused multiply-add)
+ *   bacc[j] += bias_g * cb_g   for g = 8k + j                  (cb_g = dx_g * sum(xq over g))
+ *   y = reduce8(acc) + (reduce8(bacc) + the groups left over)
+ * so the portable C loop gives the same bits as the SIMD ones (the integer sums are exact). */
 
-/* sum over one group of q (uint8 codes 0..255) * xq (int8) */
-static inline int32_t isum_q8(const uint8_t *w, const int8_t *x, int group, int32_t xqs, int variant) {
-    (void)xqs;
+static inline float reduce8(const float *a) { /* the order of the 256-bit reduction below */
+    float t0 = a[0] + a[4], t1 = a[1] + a[5], t2 = a[2] + a[6], t3 = a[3] + a[7];
+    return (t0 + t2) + (t1 + t3);
+}
+
+#if defined(CSM_AVX2)
+static inline float reduce8_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* t0..t3 */
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                        /* t0+t2, t1+t3 */
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 8 lanes of sum(q*x) over 32 inputs: w (32 codes, uint8 0..255 or 0..15), x (32 int8) */
+static inline __m256i lanes_dot(__m256i acc, __m256i w, __m256i x, int wide) {
 #if defined(CSM_VNNI)
-    if (variant == VARIANT_BEST) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int c = 0; c < group; c += 32)
-            acc = CSM_DPBUSD(acc, _mm256_loadu_si256((const __m256i *)(w + c)), _mm256_loadu_si256((const __m256i *)(x + c)));
-        return hsum_epi32(acc);
-    }
-#elif defined(CSM_AVX2)
-    if (variant == VARIANT_BEST) {
-        const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-        __m256i acc = _mm256_setzero_si256();
-        for (int c = 0; c < group; c += 32) {
-            __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + c)), flip); /* q - 128 */
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c));
-            __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(xv, ws));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
-        }
-        return hsum_epi32(acc) + 128 * xqs;
-    }
-#elif defined(CSM_NEON_DOT)
-    if (variant == VARIANT_BEST) {
-        int32x4_t acc = vdupq_n_s32(0);
-        const uint8x16_t flip = vdupq_n_u8(0x80);
-        for (int c = 0; c < group; c += 16)
-            acc = vdotq_s32(acc, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + c), flip)), vld1q_s8(x + c));
-        return vaddvq_s32(acc) + 128 * xqs;
-    }
+    (void)wide;
+    return CSM_DPBUSD(acc, w, x);
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (!wide) /* codes <= 15: pair sums fit in int16 */
+        return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones));
+    /* codes up to 255: (q - 128) * x with the sign trick, plus 128 * x */
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256i ws = _mm256_xor_si256(w, flip);
+    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(x, ws)), ones);
+    __m256i c = _mm256_madd_epi16(_mm256_maddubs_epi16(flip, x), ones);
+    return _mm256_add_epi32(acc, _mm256_add_epi32(p, c));
 #endif
-    int32_t s = 0;
-    for (int i = 0; i < group; i++) s += (int32_t)w[i] * (int32_t)x[i];
-    return s;
 }
 
-/* sum over one group of 4-bit codes (group/2 bytes, low nibble first) * xp (int8, permuted blocks) */
-static inline int32_t isum_q4(const uint8_t *w, const int8_t *xp, int group, int variant) {
+static inline __m256i q4_codes(const uint8_t *w) { /* 16 bytes -> [low nibbles | high nibbles] */
+    const __m128i low = _mm_set1_epi8(0x0F);
+    __m128i b = _mm_loadu_si128((const __m128i *)w);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low), _mm_and_si128(b, low));
+}
+#endif
+
+static float bias_term(const float *bi, const float *cb, int64_t ng, int variant) {
+    float bacc[8] = {0};
+    int64_t g = 0;
 #if defined(CSM_AVX2)
-    if (variant == VARIANT_BEST) {
-        const __m128i low = _mm_set1_epi8(0x0F);
-        __m256i acc = _mm256_setzero_si256();
-#ifndef CSM_VNNI
-        const __m256i ones = _mm256_set1_epi16(1);
-#endif
-        for (int c = 0; c < group; c += 32) {
-            __m128i b = _mm_loadu_si128((const __m128i *)(w + c / 2));
-            __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
-            __m256i wv = _mm256_set_m128i(hi, lo);
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xp + c));
-#ifdef CSM_VNNI
-            acc = CSM_DPBUSD(acc, wv, xv);
-#else
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones));
-#endif
-        }
-        return hsum_epi32(acc);
-    }
-#elif defined(CSM_NEON_DOT)
-    if (variant == VARIANT_BEST) {
-        int32x4_t acc = vdupq_n_s32(0);
-        const uint8x16_t low = vdupq_n_u8(0x0F);
-        for (int c = 0; c < group; c += 32) {
-            uint8x16_t b = vld1q_u8(w + c / 2);
-            acc = vdotq_s32(acc, vreinterpretq_s8_u8(vandq_u8(b, low)), vld1q_s8(xp + c));
-            acc = vdotq_s32(acc, vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vld1q_s8(xp + c + 16));
-        }
-        return vaddvq_s32(acc);
+    if (variant == VARIANT_BEST && ng >= 8) {
+        __m256 v = _mm256_setzero_ps();
+        for (; g + 8 <= ng; g += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(bi + g), _mm256_loadu_ps(cb + g), v);
+        _mm256_storeu_ps(bacc, v);
     }
 #endif
-    int32_t s = 0;
-    for (int c = 0; c < group; c += 32)
-        for (int i = 0; i < 16; i++) {
-            uint8_t b = w[c / 2 + i];
-            s += (int32_t)(b & 0x0F) * xp[c + i] + (int32_t)(b >> 4) * xp[c + 16 + i];
-        }
+    for (; g + 8 <= ng; g += 8)
+        for (int j = 0; j < 8; j++) bacc[j] = fmaf(bi[g + j], cb[g + j], bacc[j]);
+    float s = reduce8(bacc);
+    for (; g < ng; g++) s = fmaf(bi[g], cb[g], s);
     return s;
 }
 
 static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int variant) {
-    const int G = w->group;
-    const int64_t ng = w->in / G;
+    const int G = w->group, q4 = w->fmt == FMT_Q4;
+    const int64_t ng = w->in / G, row_bytes = q4 ? w->in / 2 : w->in;
     const float *sc = w->scales + r * ng, *bi = w->biases + r * ng;
-    const float *dx = a->dx + b * ng;
-    const int32_t *xqs = a->xqs + b * ng;
-    float acc = 0.0f;
-    if (w->fmt == FMT_Q8) {
-        const uint8_t *wr = (const uint8_t *)w->data + r * w->in;
-        const int8_t *xq = a->xq + b * a->in;
+    const float *dx = a->dx + b * ng, *cb = a->cb + b * ng;
+    const uint8_t *wr = (const uint8_t *)w->data + r * row_bytes;
+    const int8_t *x = (q4 ? a->xp : a->xq) + b * a->in;
+    float acc[8] = {0};
+#if defined(CSM_AVX2)
+    if (variant == VARIANT_BEST) {
+        __m256 facc = _mm256_setzero_ps();
         for (int64_t g = 0; g < ng; g++) {
-            int32_t is = isum_q8(wr + g * G, xq + g * G, G, xqs[g], variant);
-            acc = fmaf(fmaf(sc[g], (float)is, bi[g] * (float)xqs[g]), dx[g], acc);
+            __m256i is = _mm256_setzero_si256();
+            for (int c = 0; c < G; c += 32) {
+                __m256i wv = q4 ? q4_codes(wr + (g * G + c) / 2) : _mm256_loadu_si256((const __m256i *)(wr + g * G + c));
+                is = lanes_dot(is, wv, _mm256_loadu_si256((const __m256i *)(x + g * G + c)), !q4);
+            }
+            facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(sc[g] * dx[g]), facc);
         }
-    } else {
-        const uint8_t *wr = (const uint8_t *)w->data + r * (w->in / 2);
-        const int8_t *xp = a->xp + b * a->in;
-        for (int64_t g = 0; g < ng; g++) {
-            int32_t is = isum_q4(wr + g * (G / 2), xp + g * G, G, variant);
-            acc = fmaf(fmaf(sc[g], (float)is, bi[g] * (float)xqs[g]), dx[g], acc);
-        }
+        return reduce8_ps(facc) + bias_term(bi, cb, ng, variant);
     }
-    return acc;
+#elif defined(CSM_NEON_DOT)
+    if (variant == VARIANT_BEST) { /* two 4-lane halves = the same 8 lanes */
+        float32x4_t f0 = vdupq_n_f32(0.0f), f1 = vdupq_n_f32(0.0f);
+        const uint8x16_t low = vdupq_n_u8(0x0F), flip = vdupq_n_u8(0x80);
+        const int8x16_t all128 = vdupq_n_s8(0); (void)all128;
+        for (int64_t g = 0; g < ng; g++) {
+            int32x4_t i0 = vdupq_n_s32(0), i1 = vdupq_n_s32(0), c0 = vdupq_n_s32(0), c1 = vdupq_n_s32(0);
+            for (int c = 0; c < G; c += 32) {
+                const int8_t *xv = x + g * G + c;
+                int8x16_t x0 = vld1q_s8(xv), x1 = vld1q_s8(xv + 16);
+                if (q4) {
+                    uint8x16_t bb = vld1q_u8(wr + (g * G + c) / 2);
+                    i0 = vdotq_s32(i0, vreinterpretq_s8_u8(vandq_u8(bb, low)), x0);
+                    i1 = vdotq_s32(i1, vreinterpretq_s8_u8(vshrq_n_u8(bb, 4)), x1);
+                } else { /* (q - 128) * x + 128 * x */
+                    const uint8_t *wv = wr + g * G + c;
+                    i0 = vdotq_s32(i0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wv), flip)), x0);
+                    i1 = vdotq_s32(i1, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wv + 16), flip)), x1);
+                    c0 = vdotq_s32(c0, vdupq_n_s8(1), x0);
+                    c1 = vdotq_s32(c1, vdupq_n_s8(1), x1);
+                }
+            }
+            if (!q4) { i0 = vaddq_s32(i0, vshlq_n_s32(c0, 7)); i1 = vaddq_s32(i1, vshlq_n_s32(c1, 7)); }
+            float32x4_t s = vdupq_n_f32(sc[g] * dx[g]);
+            f0 = vfmaq_f32(f0, vcvtq_f32_s32(i0), s);
+            f1 = vfmaq_f32(f1, vcvtq_f32_s32(i1), s);
+        }
+        vst1q_f32(acc, f0);
+        vst1q_f32(acc + 4, f1);
+        return reduce8(acc) + bias_term(bi, cb, ng, variant);
+    }
+#endif
+    for (int64_t g = 0; g < ng; g++) {
+        int32_t is[8] = {0};
+        for (int c = 0; c < G; c += 32)
+            for (int i = 0; i < 32; i++) {
+                const int64_t at = g * G + c + i;
+                int32_t q;
+                if (q4) { /* position i of the block: low nibbles first, then high ones */
+                    uint8_t byte = wr[(g * G + c) / 2 + (i & 15)];
+                    q = i < 16 ? (byte & 0x0F) : (byte >> 4);
+                } else {
+                    q = wr[at];
+                }
+                is[i / 4] += q * (int32_t)x[at];
+            }
+        const float s = sc[g] * dx[g];
+        for (int j = 0; j < 8; j++) acc[j] = fmaf((float)is[j], s, acc[j]);
+    }
+    return reduce8(acc) + bias_term(bi, cb, ng, variant);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
