@@ -46,30 +46,31 @@ class CpuStreamCache:
         return self.kv.nbytes
 
 
-def _gemm():
-    """engine/cpu/gemm.py's multi-row product when it is there, else None."""
+def _gemm(threads: int):
+    """engine/cpu/gemm.py's multi-row product (x (T, in), PackedWeight) -> (T, out) when it is there
+    and builds here, else None."""
     try:
-        from .gemm import gemm
+        from . import gemm
     except ImportError:
         return None
-    return gemm
+    if hasattr(gemm, "available") and not gemm.available():
+        return None
+    return lambda x, w: gemm.gemm(x, w, threads=threads)
 
 
 class CpuBackend:
     name = "cpu"
 
     def __init__(self, csm, threads: int | None = None, portable: bool = False):
-        try:
-            from .blas import default_threads
-        except ImportError:  # before the move of engine/blas.py (phase 0)
-            from ..blas import default_threads
+        from .blas import default_threads
 
         self.config = csm.config
+        self.max_positions = int(self.config.max_seq_len)
         self.threads = int(threads or default_threads())
         self.packed = pack_csm(csm)
         self.native = NativeModel(self.packed, self.threads, VARIANT_PORTABLE if portable else VARIANT_BEST)
         self.K = self.config.audio_num_codebooks
-        gemm = _gemm()
+        gemm = _gemm(self.threads)
         self._product = gemm if gemm is not None else self.native.product
         kernels = "portable C" if portable else (", ".join(f for f in features() if f != "openmp") or "portable C")
         self.detail = (f"cpu: {'+'.join(self.packed.formats)} weights, {kernels}, {self.threads} threads"
@@ -90,6 +91,7 @@ class CpuBackend:
         if tokens.ndim != 2 or tokens.shape[1] != self.K + 1 or mask.shape != tokens.shape or not len(tokens):
             raise InputError(f"prefill takes (T, {self.K + 1}) rows and a mask of the same shape, T >= 1; "
                              f"got {tokens.shape} and {mask.shape}")
+        self._check_ids(np.where(mask, tokens, 0))
         x = embed_rows(self.packed, tokens, mask)
         hidden = backbone_prefill(self.packed, self._product, self.native.rope["backbone"], cache.kv,
                                   cache.offset, x)
@@ -144,6 +146,13 @@ class CpuBackend:
         if len({id(c) for c in caches}) != len(caches):
             raise InputError("a stream's cache appears twice in one step")
         return codes, np.array([c.offset for c in caches], dtype=np.int32)
+
+    def _check_ids(self, tokens: np.ndarray) -> None:
+        V, text = self.config.audio_vocab_size, self.config.text_vocab_size
+        if tokens[:, :self.K].min() < 0 or tokens[:, :self.K].max() >= V:
+            raise InputError(f"audio codes must lie in 0..{V - 1}")
+        if tokens[:, self.K].min() < 0 or tokens[:, self.K].max() >= text:
+            raise InputError(f"text tokens must lie in 0..{text - 1} (this model's text vocabulary)")
 
     @staticmethod
     def _check_draws(draws, B: int) -> None:

@@ -50,12 +50,14 @@ class CsmDraw(Structure):
 _LIB: dict = {}
 
 
-def library() -> ctypes.CDLL:
-    """frame.c built for this machine (once per machine, cached) and loaded; raises with the reason."""
-    if "lib" not in _LIB:
+def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """frame.c built for this machine (once per machine and flags, cached) and loaded; raises
+    BuildError with the reason. `extra_flags` (tests): e.g. ("-march=x86-64-v3",) for an AVX2 build."""
+    key = tuple(extra_flags)
+    if key not in _LIB:
         from .build import load_library
 
-        lib = load_library("frame.c")
+        lib = load_library("frame.c", list(key))
         P = c_void_p
         signatures = {
             "csm_backbone_step": [P, c_int, P, P, P, P, P],
@@ -72,8 +74,24 @@ def library() -> ctypes.CDLL:
         lib.csm_draw.restype = c_int32
         lib.csm_uniform.restype = c_double
         lib.csm_features.restype = c_int
-        _LIB["lib"] = lib
-    return _LIB["lib"]
+        _LIB[key] = lib
+    return _LIB[key]
+
+
+def unavailable_reason() -> str | None:
+    """Why frame.c cannot be built or loaded here (unsupported CPU, no compiler, a compiler error),
+    or None when it can (it is then built, once per machine)."""
+    from .build import BuildError, machine_supported
+
+    if not machine_supported():
+        import platform
+
+        return f"no native kernels for {platform.machine()} CPUs"
+    try:
+        library()
+    except (BuildError, OSError) as exc:
+        return f"the native library did not build: {exc}"
+    return None
 
 
 def features() -> list[str]:
@@ -95,8 +113,9 @@ def _rope_tables(inv_freq: np.ndarray, positions: int) -> tuple[np.ndarray, np.n
 class NativeModel:
     """A PackedCSM as frame.c's CsmModel."""
 
-    def __init__(self, packed: PackedCSM, threads: int, variant: int = VARIANT_BEST, max_positions: int | None = None):
-        self.lib = library()
+    def __init__(self, packed: PackedCSM, threads: int, variant: int = VARIANT_BEST,
+                 max_positions: int | None = None, lib: ctypes.CDLL | None = None):
+        self.lib = lib or library()
         self.packed = packed
         cfg = packed.config
         self.K, self.V = cfg.audio_num_codebooks, cfg.audio_vocab_size
