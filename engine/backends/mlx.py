@@ -7,13 +7,9 @@
 - a frame: codebook 0's head and the depth decoder over the batch, compiled into one graph
   (mx.compile, one per batch size); the draws come from engine/backends/mlx_draws.py, whose inputs
   are arrays of B rows, so one graph serves any mix of seeds and sampler settings.
-- A bfloat16 model on a CPU with engine/cpu/kernels.py runs the depth decoder row by row in
-  engine/cpu/depth.py (NumPy over bfloat16 kernels), as CSM.generate_frame does.
 
 Rows of a batch do not mix: for float32 the tests hold batched codes equal to solo codes bit for
-bit. Products over bfloat16 weights on the CPU switch kernels at engine.llama's
-FLOAT32_PRODUCT_MIN_ROWS rows (widened to float32 from there), so a batch of that many streams
-rounds its backbone rows differently from one alone (a stream's codes may then differ).
+bit.
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ import warnings
 from typing import Sequence
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 import numpy as np
 
 from engine.backends import Draw
@@ -65,7 +62,6 @@ class MLXBackend:
         self.max_positions = int(getattr(csm.config, "max_seq_len", 2048))
         self.compile = bool(compile_frames)
         self._compiled = None
-        self._depth_state = None  # (dtype, device, weights id, CpuDepthDecoder | None)
         self.detail = f"mlx ({mx.default_device()}, {csm._act_dtype()})"
 
     # -- caches ----------------------------------------------------------------------------------
@@ -102,9 +98,6 @@ class MLXBackend:
 
     def _frames(self, h: mx.array, draws: Sequence[Draw]) -> mx.array:
         """h (B, Db) -> codes (B, 32) int32, each row drawn by its own Draw."""
-        depth = self._cpu_depth()
-        if depth is not None:
-            return mx.concatenate([self._cpu_frame(depth, h[b:b + 1], d) for b, d in enumerate(draws)])
         params = draw_arrays(draws)
         if self.compile:
             fn = self._compiled_frame()
@@ -120,32 +113,16 @@ class MLXBackend:
         return self.csm.depth_frame(h, lambda i, logits: pick(logits, i, params), cache)
 
     def _compiled_frame(self):
-        if self._compiled is None or self._compiled[0] is not self._weights_token():
-            self._compiled = (self._weights_token(), mx.compile(self._frame))
+        weights = self._weights()
+        if self._compiled is None or len(self._compiled[0]) != len(weights) or any(
+                a is not b for a, b in zip(self._compiled[0], weights)):
+            self._compiled = (weights, mx.compile(self._frame))
         return self._compiled[1]
 
-    def _weights_token(self):
-        """Changes when the network's weights are replaced (compiled graphs hold the old ones)."""
-        return self.csm.codebook0_head.weight
-
-    def _cpu_depth(self):
-        from engine.cpu import depth as cpu_depth
-
-        key = (self.csm._act_dtype(), mx.default_device(), id(self._weights_token()))
-        state = self._depth_state
-        if state is None or state[:3] != key:
-            depth = cpu_depth.CpuDepthDecoder(self.csm) if cpu_depth.usable(self.csm) else None
-            state = self._depth_state = (*key, depth)
-        return state[3]
-
-    def _cpu_frame(self, depth, h: mx.array, draw: Draw) -> mx.array:
-        """One stream's frame through engine/cpu/depth.py: codes (1, 32) int32."""
-        params = draw_arrays([draw])
-        c0 = int(pick(self.csm.codebook0_head(h), 0, params).item())
-        codebook = iter(range(1, NUM_CODEBOOKS))
-        rest = depth.frame(np.array(h[0].astype(mx.float32)), c0,
-                           lambda logits: pick(logits, next(codebook), params))
-        return mx.array([[c0, *rest]], dtype=mx.int32)
+    def _weights(self) -> list:
+        """The network's parameter arrays: a compiled graph holds the ones it was traced with, so it
+        is traced anew when any of them is replaced (csm.update, load_weights)."""
+        return [a for _, a in tree_flatten(self.csm.parameters())]
 
     # -- the rest of the contract ----------------------------------------------------------------
     def start(self, result) -> None:
