@@ -93,12 +93,12 @@ def test_quantized_logits_no_further_than_twice_mlx_s_own(tiny_model_path, f32, 
     assert distance(ref, native) <= 2 * distance(ref, mlx_q)
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits,group", [(8, 32), (4, 32), (4, 64)])
 @needs_native
-def test_quantized_kernels_give_the_same_bits_in_every_variant(tiny_model_path, bits):
+def test_quantized_kernels_give_the_same_bits_in_every_variant(tiny_model_path, bits, group):
     """Integer dot products are exact and every variant keeps the same float lanes, so the
     portable C loops, the SIMD kernels of this CPU and (on x86-64) an AVX2-only build agree."""
-    q = load(tiny_model_path, bits)
+    q = load(tiny_model_path, bits, group)
     h, codes = probe(2)
     best = cpu(q).frame_logits(h, codes)
     assert np.array_equal(best, cpu(q, portable=True).frame_logits(h, codes))

@@ -141,10 +141,14 @@ typedef struct {
     const float *x;        /* (B, in) */
     uint16_t *xb;          /* (B, in) bf16 bits */
     int8_t *xq;            /* (B, in) int8, natural order */
-    int8_t *xp;            /* (B, in) int8, each 32-block as [even elements, odd elements] (int4) */
+    int8_t *xp;            /* (B, in) int8 for int4 rows: each block (q4_block) as [even elements, odd ones] */
     float *dx;             /* (B, in/group): the quantization step per group */
     float *cb;             /* (B, in/group): dx * sum(xq) per group (the bias term's input) */
 } Act;
+
+/* int4 rows are read in blocks of 64 codes (32 bytes: low nibbles = even elements, high = odd ones)
+ * when the group allows, else 32 (16 bytes); the input is permuted to match (Act.xp). */
+static inline int q4_block(int group) { return group % 64 == 0 ? 64 : 32; }
 
 static void act_free(Act *a) {
     free(a->xb); free(a->xq); free(a->xp); free(a->dx); free(a->cb);
@@ -183,10 +187,11 @@ static void act_prepare(Act *a, const float *x, int B, int64_t in, int group) {
             a->dx[b * ng + g] = d;
             a->cb[b * ng + g] = d * (float)qs;
         }
-        for (int64_t c = 0; c < in / 32; c++)
-            for (int i = 0; i < 16; i++) {
-                p[c * 32 + i] = q[c * 32 + 2 * i];
-                p[c * 32 + 16 + i] = q[c * 32 + 2 * i + 1];
+        const int S = q4_block(group), half = S / 2;
+        for (int64_t c = 0; c < in; c += S)
+            for (int i = 0; i < half; i++) {
+                p[c + i] = q[c + 2 * i];
+                p[c + half + i] = q[c + 2 * i + 1];
             }
     }
 }
@@ -291,9 +296,20 @@ static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int v
         __m256 facc = _mm256_setzero_ps();
         for (int64_t g = 0; g < ng; g++) {
             __m256i is = _mm256_setzero_si256();
-            for (int c = 0; c < G; c += 32) {
-                __m256i wv = q4 ? q4_codes(wr + (g * G + c) / 2) : _mm256_loadu_si256((const __m256i *)(wr + g * G + c));
-                is = lanes_dot(is, wv, _mm256_loadu_si256((const __m256i *)(x + g * G + c)), !q4);
+            const int8_t *xg = x + g * G;
+            if (q4 && q4_block(G) == 64) {
+                const __m256i low = _mm256_set1_epi8(0x0F);
+                for (int c = 0; c < G; c += 64) {
+                    __m256i bytes = _mm256_loadu_si256((const __m256i *)(wr + (g * G + c) / 2));
+                    is = lanes_dot(is, _mm256_and_si256(bytes, low), _mm256_loadu_si256((const __m256i *)(xg + c)), 0);
+                    is = lanes_dot(is, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low),
+                                   _mm256_loadu_si256((const __m256i *)(xg + c + 32)), 0);
+                }
+            } else {
+                for (int c = 0; c < G; c += 32) {
+                    __m256i wv = q4 ? q4_codes(wr + (g * G + c) / 2) : _mm256_loadu_si256((const __m256i *)(wr + g * G + c));
+                    is = lanes_dot(is, wv, _mm256_loadu_si256((const __m256i *)(xg + c)), !q4);
+                }
             }
             facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(sc[g] * dx[g]), facc);
         }
@@ -303,13 +319,18 @@ static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int v
     if (variant == VARIANT_BEST) { /* two 4-lane halves = the same 8 lanes */
         float32x4_t f0 = vdupq_n_f32(0.0f), f1 = vdupq_n_f32(0.0f);
         const uint8x16_t low = vdupq_n_u8(0x0F), flip = vdupq_n_u8(0x80);
-        const int8x16_t all128 = vdupq_n_s8(0); (void)all128;
         for (int64_t g = 0; g < ng; g++) {
             int32x4_t i0 = vdupq_n_s32(0), i1 = vdupq_n_s32(0), c0 = vdupq_n_s32(0), c1 = vdupq_n_s32(0);
-            for (int c = 0; c < G; c += 32) {
+            for (int c = 0; c < G; c += (q4 && q4_block(G) == 64) ? 64 : 32) {
                 const int8_t *xv = x + g * G + c;
                 int8x16_t x0 = vld1q_s8(xv), x1 = vld1q_s8(xv + 16);
-                if (q4) {
+                if (q4 && q4_block(G) == 64) { /* positions 0..31: low nibbles; 32..63: high ones */
+                    uint8x16_t b0 = vld1q_u8(wr + (g * G + c) / 2), b1 = vld1q_u8(wr + (g * G + c) / 2 + 16);
+                    i0 = vdotq_s32(i0, vreinterpretq_s8_u8(vandq_u8(b0, low)), x0);
+                    i1 = vdotq_s32(i1, vreinterpretq_s8_u8(vandq_u8(b1, low)), x1);
+                    i0 = vdotq_s32(i0, vreinterpretq_s8_u8(vshrq_n_u8(b0, 4)), vld1q_s8(xv + 32));
+                    i1 = vdotq_s32(i1, vreinterpretq_s8_u8(vshrq_n_u8(b1, 4)), vld1q_s8(xv + 48));
+                } else if (q4) {
                     uint8x16_t bb = vld1q_u8(wr + (g * G + c) / 2);
                     i0 = vdotq_s32(i0, vreinterpretq_s8_u8(vandq_u8(bb, low)), x0);
                     i1 = vdotq_s32(i1, vreinterpretq_s8_u8(vshrq_n_u8(bb, 4)), x1);
@@ -333,17 +354,18 @@ static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int v
 #endif
     for (int64_t g = 0; g < ng; g++) {
         int32_t is[8] = {0};
-        for (int c = 0; c < G; c += 32)
-            for (int i = 0; i < 32; i++) {
+        const int S = q4 ? q4_block(G) : 32, half = S / 2;
+        for (int c = 0; c < G; c += S)
+            for (int i = 0; i < S; i++) {
                 const int64_t at = g * G + c + i;
                 int32_t q;
                 if (q4) { /* position i of the block: low nibbles first, then high ones */
-                    uint8_t byte = wr[(g * G + c) / 2 + (i & 15)];
-                    q = i < 16 ? (byte & 0x0F) : (byte >> 4);
+                    uint8_t byte = wr[(g * G + c) / 2 + i % half];
+                    q = i < half ? (byte & 0x0F) : (byte >> 4);
                 } else {
                     q = wr[at];
                 }
-                is[i / 4] += q * (int32_t)x[at];
+                is[(i % 32) / 4] += q * (int32_t)x[at];
             }
         const float s = sc[g] * dx[g];
         for (int j = 0; j < 8; j++) acc[j] = fmaf((float)is[j], s, acc[j]);
