@@ -377,6 +377,7 @@ static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int v
 /* products: several weights sharing one input, one parallel loop */
 
 #define ROW_TILE 16
+#define PARALLEL_WORK (1 << 20) /* multiply-adds below which a product stays on one thread */
 #define COL_TILE 256
 
 typedef struct {
@@ -419,10 +420,16 @@ static void run_tile(const Job *j, int64_t tile, const Act *a, int variant) {
 }
 
 static void products(const CsmModel *m, const Job *jobs, int n, const Act *a) {
-    int64_t starts[8], total = 0;
-    for (int i = 0; i < n; i++) { starts[i] = total; total += job_tiles(jobs[i].w); }
+    int64_t starts[8], total = 0, work = 0;
+    for (int i = 0; i < n; i++) {
+        starts[i] = total;
+        total += job_tiles(jobs[i].w);
+        work += jobs[i].w->out * jobs[i].w->in * a->B;
+    }
     const int variant = m->variant;
-    #pragma omp parallel for schedule(dynamic, 2) num_threads(n_threads(m))
+    /* Small products run on one thread: waking the others costs more than they save (and far more
+     * when the machine is busy and a woken thread must wait for a core). */
+    #pragma omp parallel for schedule(dynamic, 2) num_threads(n_threads(m)) if(work >= PARALLEL_WORK)
     for (int64_t t = 0; t < total; t++) {
         int i = n - 1;
         while (starts[i] > t) i--;
@@ -500,7 +507,8 @@ static void stack_step(const CsmModel *m, const CsmStack *s, int B, float *x, fl
                 memcpy(kv_at(s, caches[b], cap[b], l, 1, g) + (int64_t)pos[b] * hd, v + b * kd + g * hd, sizeof(float) * hd);
             }
         }
-        #pragma omp parallel for schedule(static) num_threads(n_threads(m))
+        #pragma omp parallel for schedule(static) num_threads(n_threads(m)) \
+            if ((int64_t)B * H * (maxpos + 1) * hd >= PARALLEL_WORK)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, hh = bh % H, g = hh / (H / G), T = pos[b] + 1;
             const float *qv = q + b * qd + hh * hd;
