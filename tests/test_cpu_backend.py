@@ -5,6 +5,8 @@ its fallback."""
 from __future__ import annotations
 
 import ctypes
+import shutil
+import subprocess
 import platform
 import warnings
 
@@ -285,3 +287,20 @@ def test_cache_reuse_gives_the_same_codes_through_the_generator(f32):
     fresh = turn(Generator(cpu(f32)), tokens, mask, seed=2, reuse=False)
     assert reused.cached_tokens >= 64 and fresh.cached_tokens == 0
     assert len(reused.frames) == len(fresh.frames) > 0 and np.array_equal(reused.frames, fresh.frames)
+
+
+@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
+                    reason="needs an ARM64 cross compiler (gcc-aarch64-linux-gnu) and qemu-user")
+def test_neon_kernels_give_the_portable_bits_on_arm64(tmp_path):
+    """frame.c's NEON dot-product kernels (built for ARM64, run under qemu) against its plain C loops."""
+    from pathlib import Path
+
+    import engine.cpu
+
+    here = Path(__file__).parent / "native" / "variants_check.c"
+    exe = tmp_path / "check"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-march=armv8.2-a+dotprod", "-static",
+                    f"-I{Path(engine.cpu.__file__).parent}", str(here), "-o", str(exe), "-lm"], check=True)
+    done = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "features 8" in done.stdout  # the NEON dot-product path was built

@@ -267,6 +267,7 @@ static inline __m256i q4_codes(const uint8_t *w) { /* 16 bytes -> [low nibbles |
 #endif
 
 static float bias_term(const float *bi, const float *cb, int64_t ng, int variant) {
+    (void)variant;
     float bacc[8] = {0};
     int64_t g = 0;
 #if defined(CSM_AVX2)
@@ -597,7 +598,7 @@ int32_t csm_draw(const float *logits, int32_t V, const CsmDraw *d, int32_t codeb
     float kth = -INFINITY;
     if (d->top_k > 0 && d->top_k < n) { /* the k-th largest value (duplicates counted) */
         const int32_t k = d->top_k;
-        float *top = (float *)malloc(sizeof(float) * k);
+        float *top = (float *)calloc((size_t)k, sizeof(float));
         int32_t held = 0;
         for (int32_t j = 0; j < n; j++) {
             float v = logits[j];
@@ -654,7 +655,7 @@ void csm_depth(const CsmModel *m, int B, const float *hidden, const CsmDraw *dra
     float *cache = (float *)malloc(sizeof(float) * B * per);
     float **caches = (float **)malloc(sizeof(float *) * B);
     int64_t *cap = (int64_t *)malloc(sizeof(int64_t) * B);
-    int32_t *pos = (int32_t *)malloc(sizeof(int32_t) * B);
+    int32_t *pos = (int32_t *)calloc((size_t)B, sizeof(int32_t));
     float *lg = (float *)malloc(sizeof(float) * B * V);
     float *in = (float *)malloc(sizeof(float) * B * Db);
     float *x = (float *)malloc(sizeof(float) * B * Dd), *h = (float *)malloc(sizeof(float) * B * Dd);
