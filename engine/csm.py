@@ -12,29 +12,22 @@ One generated frame (DESIGN.md, REFERENCE.md):
   The decoder's cache is reset every frame (positions 0..K-1). Inputs go through `projection`
   (Db -> Dd) before the decoder.
 
-A bfloat16 model on a CPU with engine.cpu.kernels runs a one-sequence frame's depth decoder in
-engine/cpu/depth.py (NumPy over bfloat16 kernels) instead of the MLX graph.
+The network is plain MLX: how a frame is computed fast (a compiled graph, batched rows, native CPU
+code) is a frame backend's business (engine/backends/), chosen once when a model loads.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from .cpu import depth as cpu_depth
 from .kv_cache import KVCache
-from .llama import Linear, Llama, LlamaArgs, head_matmul
+from .llama import Llama, LlamaArgs
 
 Sampler = Callable[[mx.array], mx.array]  # logits (B, V) -> codes (B,) int32
-
-# Run the per-frame depth-decoder loop as one compiled graph (see CSM.generate_frame).
-COMPILE_FRAMES = os.environ.get("CSM_COMPILE", "1") != "0"
 
 # Rows embedded at once by embed_rows: bounds the (B, chunk, K, Db) gather of the audio table.
 EMBED_CHUNK_ROWS = 128
@@ -94,14 +87,10 @@ class CSM(nn.Module):
         self.decoder = Llama(config.decoder)
         self.text_embeddings = nn.Embedding(config.text_vocab_size, Db)
         self.audio_embeddings = nn.Embedding(K * V, Db)
-        self.projection = Linear(Db, Dd)
-        self.codebook0_head = Linear(Db, V)
+        self.projection = nn.Linear(Db, Dd, bias=False)
+        self.codebook0_head = nn.Linear(Db, V, bias=False)
         self.audio_head = mx.zeros((K - 1, Dd, V))
         self._codebook_offsets = mx.arange(K, dtype=mx.int32) * V  # (K,)
-        self._decoder_cache: list[KVCache] | None = None
-        self._compiled_frames: dict = {}  # sampler -> compiled frame function
-        self._compile_failed = False
-        self._cpu_depth_state = None  # (dtype, device, CpuDepthDecoder | None), see _cpu_depth
 
     # ---- embeddings -------------------------------------------------------------------------
     def embed_rows(self, tokens, mask) -> mx.array:
@@ -139,79 +128,14 @@ class CSM(nn.Module):
         return self["backbone"](embeds, cache)
 
     # ---- one frame --------------------------------------------------------------------------
-    def _frame_decoder_cache(self, batch: int) -> list[KVCache]:
-        """The depth decoder's preallocated cache (K positions), reset for a new frame."""
-        cache = self._decoder_cache
-        dtype = self._act_dtype()
-        if cache is None or cache[0].keys.shape[0] != batch or cache[0].keys.dtype != dtype:
-            cache = self.decoder.new_cache(self.config.audio_num_codebooks, batch=batch, dtype=dtype)
-            self._decoder_cache = cache
-        for c in cache:
-            c.reset()
-        return cache
-
     def _act_dtype(self):
         """Activation dtype: that of the norms (quantized layers keep float norms)."""
         return self.decoder.norm.weight.dtype
 
     def generate_frame(self, h_last: mx.array, sampler: Sampler) -> mx.array:
-        """Sample one frame: h_last (B, Db) -> codes (B, K) int32.
-
-        The 32 steps run as one compiled graph per sampler (mx.compile; the sampler's draws come
-        from mx.random's global state, which the compiled function reads and advances exactly as
-        the plain path does). Set CSM_COMPILE=0 (or COMPILE_FRAMES = False) to run it op by op.
-        """
-        depth = self._cpu_depth()
-        if depth is not None:
-            if h_last.shape[0] == 1:
-                return self._cpu_frame(depth, h_last, sampler)
-            # the kernels' one-row products evaluate eagerly: no compiled graph around them
-            return self._frame(h_last, sampler, self._frame_decoder_cache(h_last.shape[0]))
-        if COMPILE_FRAMES and not self._compile_failed:
-            fn = self._compiled_frame(sampler)
-            if fn is not None:
-                try:
-                    return fn(h_last)
-                except RuntimeError as err:  # e.g. no C++ compiler for MLX's CPU kernels
-                    warnings.warn(f"compiled frame step unavailable ({err}); running uncompiled")
-                    self._compile_failed = True
-        return self._frame(h_last, sampler, self._frame_decoder_cache(h_last.shape[0]))
-
-    def _cpu_depth(self):
-        """The NumPy depth decoder when this model can use it here (engine/cpu/depth.py), else None."""
-        key = (self._act_dtype(), mx.default_device())
-        state = self._cpu_depth_state
-        if state is None or state[:2] != key:
-            depth = cpu_depth.CpuDepthDecoder(self) if cpu_depth.usable(self) else None
-            state = self._cpu_depth_state = (*key, depth)
-        return state[2]
-
-    def _cpu_frame(self, depth, h_last: mx.array, sampler: Sampler) -> mx.array:
-        """One frame for one sequence through engine/cpu/depth.py: codes (1, K) int32."""
-        c0 = int(sampler(self.codebook0_head(h_last)).astype(mx.int32).item())
-        rest = depth.frame(np.array(h_last[0].astype(mx.float32)), c0, sampler)
-        return mx.array([[c0, *rest]], dtype=mx.int32)
-
-    def _compiled_frame(self, sampler: Sampler):
-        try:
-            fn = self._compiled_frames.get(sampler)
-        except TypeError:  # an unhashable sampler: no compiled cache for it
-            return None
-        if fn is None:
-            if len(self._compiled_frames) >= 8:
-                self._compiled_frames.clear()
-
-            def frame(h_last):
-                cache = self.decoder.new_cache(self.config.audio_num_codebooks, batch=h_last.shape[0],
-                                               dtype=self._act_dtype())
-                return self._frame(h_last, sampler, cache)
-
-            fn = mx.compile(frame, inputs=[mx.random.state], outputs=[mx.random.state])
-            self._compiled_frames[sampler] = fn
-        return fn
-
-    def _frame(self, h_last: mx.array, sampler: Sampler, cache: list[KVCache]) -> mx.array:
-        """One frame as a lazy graph; `cache` is the depth decoder's (empty, K positions)."""
+        """Sample one frame as a lazy graph: h_last (B, Db) -> codes (B, K) int32, every codebook
+        drawn by `sampler` (logits (B, V) -> codes (B,))."""
+        cache = self.decoder.new_cache(self.config.audio_num_codebooks, batch=h_last.shape[0], dtype=self._act_dtype())
         return self.depth_frame(h_last, lambda codebook, logits: sampler(logits), cache)
 
     def depth_frame(self, h_last: mx.array, pick: Callable[[int, mx.array], mx.array],
@@ -224,22 +148,11 @@ class CSM(nn.Module):
         x = mx.concatenate([h_last[:, None, :], self._embed_code(0, c)], axis=1)  # (B, 2, Db)
         for i in range(1, K):
             h = self.decoder(self.projection(x), cache)  # (B, t, Dd)
-            c = pick(i, head_matmul(h[:, -1, :], self.audio_head[i - 1])).astype(mx.int32)  # (B,)
+            c = pick(i, h[:, -1, :] @ self.audio_head[i - 1]).astype(mx.int32)  # (B,)
             codes.append(c)
             if i < K - 1:
                 x = self._embed_code(i, c)  # (B, 1, Db)
         return mx.stack(codes, axis=1)
-
-    # Compiled graphs hold the weights they were traced with: forget them when weights change.
-    def update(self, parameters: dict, *args, **kwargs):
-        self._compiled_frames = {}
-        self._cpu_depth_state = None
-        return super().update(parameters, *args, **kwargs)
-
-    def update_modules(self, modules: dict, *args, **kwargs):
-        self._compiled_frames = {}
-        self._cpu_depth_state = None
-        return super().update_modules(modules, *args, **kwargs)
 
     def frame_logits(self, h_last: mx.array, codes: mx.array) -> mx.array:
         """Teacher-forced logits of one frame: h_last (B, Db), codes (B, K) -> (B, K, V).

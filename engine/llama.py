@@ -15,14 +15,12 @@ permuted back at load time (see engine/checkpoints/layouts.py).
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .cpu import kernels as cpu_kernels
 from .kv_cache import KVCache
 
 
@@ -65,102 +63,6 @@ def llama3_inv_freqs(head_dim: int, theta: float, scaling: dict | None) -> np.nd
     return np.where(wavelen < old / high, inv, np.where(wavelen > old / low, inv / factor, blended))
 
 
-# On Linux CPUs (MLX 0.32 + OpenBLAS 0.3.31, x86-64) `W @ x^T` runs 2-5x faster than the equal
-# `x @ W^T` for the weight shapes here and 1..512 rows of x (isolated matmuls); a whole full-size
-# depth-decoder frame got 10-20% faster. Elsewhere (GPU, macOS Accelerate) the usual form is kept.
-MATMUL_WEIGHT_LEFT = sys.platform.startswith("linux")
-
-
-def _weight_left() -> bool:
-    return MATMUL_WEIGHT_LEFT and mx.default_device() == mx.cpu
-
-
-class Linear(nn.Linear):
-    """nn.Linear without bias; the product is oriented for the backend (see MATMUL_WEIGHT_LEFT)."""
-
-    def __init__(self, input_dims: int, output_dims: int):
-        super().__init__(input_dims, output_dims, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        w = self.weight
-        if w.dtype in _HALF and _float32_rows(x):
-            return _product(x.astype(mx.float32), w.astype(mx.float32)).astype(x.dtype)
-        if w.dtype == mx.bfloat16 and mx.default_device() == mx.cpu and cpu_kernels.available():
-            return self._kernel_product(x)
-        return _product(x, w)
-
-    def _kernel_product(self, x: mx.array) -> mx.array:
-        """A few rows through engine.cpu.kernels (bfloat16 weights on the CPU; evaluates x now)."""
-        cached = getattr(self, "_kernel_bits", None)
-        if cached is None or cached[0] is not self.weight:
-            cached = (self.weight, cpu_kernels.bf16_bits(self.weight))
-            object.__setattr__(self, "_kernel_bits", cached)  # not a parameter
-        rows = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-        out = np.stack([cpu_kernels.matvec(cached[1], row) for row in np.array(rows)])
-        return mx.array(out).astype(x.dtype).reshape(*x.shape[:-1], -1)
-
-    def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine",
-                     quantize_input: bool = False):
-        if quantize_input or mode != "affine":
-            return super().to_quantized(group_size, bits, mode=mode, quantize_input=quantize_input)
-        return QuantizedLinear.from_linear(self, group_size, bits, mode=mode)
-
-
-def _product(x: mx.array, weight: mx.array) -> mx.array:
-    """x (..., in) @ weight (out, in).T, oriented for the backend."""
-    if not _weight_left():
-        return x @ weight.T
-    rows = x.reshape(-1, x.shape[-1])  # (N, in)
-    return (weight @ rows.T).T.reshape(*x.shape[:-1], -1)  # (..., out)
-
-
-# On the CPU, MLX's products with quantized or bfloat16/float16 weights run in its own kernels, not
-# the BLAS: a 64-row prompt block through an 8192x2048 layer took 830 ms with 8-bit weights and 424 ms
-# in bfloat16, against 10 ms in float32 (OpenBLAS). For that many rows it is faster to widen the
-# weights to float32 first and use the BLAS product (55 ms and 43 ms, widening included). One row (a
-# frame step) keeps the native kernel: widening every weight for one row costs more than it saves.
-FLOAT32_PRODUCT_MIN_ROWS = 8
-_HALF = (mx.bfloat16, mx.float16)
-
-
-def _float32_rows(x: mx.array) -> bool:
-    """Whether a product with x (..., in) should run in float32 on this device (see above)."""
-    return x.size // x.shape[-1] >= FLOAT32_PRODUCT_MIN_ROWS and mx.default_device() == mx.cpu
-
-
-class QuantizedLinear(nn.QuantizedLinear):
-    """nn.QuantizedLinear (affine) whose multi-row products on the CPU run in float32 (see above).
-
-    Both paths compute with the same weights (the affine-dequantized values); they differ only by
-    float rounding."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not _float32_rows(x) or "bias" in self:
-            return super().__call__(x)
-        w = dequantize_affine(self.weight, self.scales, self.biases, self.group_size, self.bits)
-        return _product(x.astype(mx.float32), w).astype(x.dtype)
-
-
-def dequantize_affine(w: mx.array, scales: mx.array, biases: mx.array, group_size: int, bits: int) -> mx.array:
-    """The float32 weights of MLX affine quantization: (out, in). Equal to mx.dequantize; for 8 and
-    4 bits unpacked with plain array ops, about twice as fast as mx.dequantize on the CPU."""
-    out = w.shape[0]
-    if bits not in (4, 8):
-        return mx.dequantize(w, scales, biases, group_size, bits).astype(mx.float32)
-    q = w.view(mx.uint8)  # little-endian words: low bits first
-    if bits == 4:
-        q = mx.stack([q & 0xF, q >> 4], axis=-1)
-    q = q.reshape(out, -1, group_size).astype(mx.float32)
-    s = scales.astype(mx.float32)[..., None]
-    b = biases.astype(mx.float32)[..., None]
-    return (q * s + b).reshape(out, -1)
-
-
-def head_matmul(h: mx.array, w: mx.array) -> mx.array:
-    """h (N, in) @ w (in, out), oriented as Linear is."""
-    return (w.T @ h.T).T if _weight_left() else h @ w
-
-
 class Attention(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
@@ -168,10 +70,10 @@ class Attention(nn.Module):
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
         self.scale = args.head_dim**-0.5
-        self.q_proj = Linear(args.dim, args.n_heads * args.head_dim)
-        self.k_proj = Linear(args.dim, args.n_kv_heads * args.head_dim)
-        self.v_proj = Linear(args.dim, args.n_kv_heads * args.head_dim)
-        self.o_proj = Linear(args.n_heads * args.head_dim, args.dim)
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         # mx.fast.rope takes periods (1 / inverse frequency). Underscore: not a parameter.
         inv = llama3_inv_freqs(args.head_dim, args.rope_theta, args.rope_scaling)
         self._rope_periods = mx.array(1.0 / inv, dtype=mx.float32)
@@ -219,9 +121,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
-        self.gate_proj = Linear(args.dim, args.hidden_dim)
-        self.up_proj = Linear(args.dim, args.hidden_dim)
-        self.down_proj = Linear(args.hidden_dim, args.dim)
+        self.gate_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -22,7 +22,7 @@ def prompt(seed: int, rows: int):
     rng = np.random.default_rng(seed)
     tokens = np.zeros((rows, 33), np.int32)
     mask = np.zeros((rows, 33), bool)
-    tokens[:, 32] = rng.integers(1, 1000, rows)
+    tokens[:, 32] = rng.integers(1, 500, rows)  # the tiny text vocabulary has 512 ids
     mask[: rows // 2, 32] = True
     tokens[rows // 2:, :32] = rng.integers(0, 2048, (rows - rows // 2, 32))
     mask[rows // 2:, :32] = True

@@ -177,37 +177,32 @@ def test_golden_catches_rotate_half_weights_left_permuted(monkeypatch, golden):
 # ---- execution paths ----------------------------------------------------------------------------
 
 
-def test_compiled_and_plain_frames_draw_the_same(monkeypatch, golden):
-    import engine.csm
+def test_compiled_and_plain_frames_draw_the_same(golden):
+    from engine.backends import Draw
+    from engine.backends.mlx import MLXBackend
 
     model = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
     h = prompt_hidden(model, golden)[0, -2:, :]  # a batch of two states
-    sampler = make_sampler(temperature=0.9, top_k=20, suppress_undecodable=False)
+    draws = [Draw(0.9, 20, False, 11, f) for f in range(2)]
     runs = {}
     for compiled in (True, False):
-        monkeypatch.setattr(engine.csm, "COMPILE_FRAMES", compiled)
-        mx.random.seed(11)
-        runs[compiled] = [np.array(model.generate_frame(h, sampler)) for _ in range(3)]
+        backend = MLXBackend(model, compile_frames=compiled)
+        runs[compiled] = [np.array(backend.frames_from_hidden([h[0], h[1]], [d.at(f) for d in draws]))
+                          for f in range(3)]
     np.testing.assert_array_equal(np.stack(runs[True]), np.stack(runs[False]))
     assert len({r.tobytes() for r in runs[True]}) == 3  # it does sample
 
 
 def test_compiled_frames_follow_new_weights(golden):
+    from engine.backends import Draw
+    from engine.backends.mlx import MLXBackend
+
     model = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
-    h = prompt_hidden(model, golden)[:, -1, :]
-    greedy = make_sampler(0, suppress_undecodable=False)
-    before = np.array(model.generate_frame(h, greedy))
+    backend = MLXBackend(model, compile_frames=True)
+    h = prompt_hidden(model, golden)[0, -1, :]
+    greedy = [Draw(0.0, 0, False, 0, 0)]
+    before = np.array(backend.frames_from_hidden([h], greedy))
     head = model.audio_head
     model.update({"audio_head": -head})  # compiled graphs must not keep the old weights
-    after = np.array(model.generate_frame(h, greedy))
+    after = np.array(backend.frames_from_hidden([h], greedy))
     assert before[0, 0] == after[0, 0] and (before[0, 1:] != after[0, 1:]).any()
-
-
-def test_matmul_orientation_does_not_change_results(monkeypatch, golden):
-    import engine.llama
-
-    monkeypatch.setattr(engine.llama, "MATMUL_WEIGHT_LEFT", not engine.llama.MATMUL_WEIGHT_LEFT)
-    model = load_csm(LAYOUT_FOLDERS["transformers"], dtype=mx.float32)
-    assert max_err(model.codebook0_head(prompt_hidden(model, golden))[0], golden["c0_logits"]) <= TOL
-    frames, _ = greedy_frames(model, golden, 4)
-    np.testing.assert_array_equal(frames, golden["greedy_frames"][:4])

@@ -105,7 +105,7 @@ def silence_at(model, monkeypatch, n: int) -> None:
         def call(*args):
             codes = real(*args)
             calls.append(1)
-            return mx.zeros_like(codes) if len(calls) == n else codes
+            return np.zeros_like(np.asarray(codes)) if len(calls) == n else codes
 
         return call
 

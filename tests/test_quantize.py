@@ -72,74 +72,31 @@ def test_convert_refuses_a_non_empty_output(tmp_path):
     assert result.exit_code != 0 and "not empty" in result.output
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
-def test_unpacked_weights_equal_mlx_dequantize(bits):
-    from engine.llama import dequantize_affine
-
-    for group_size in (32, 64, 128):
-        w = mx.random.normal((48, 256), key=mx.random.key(bits))
-        q, scales, biases = mx.quantize(w, group_size, bits)
-        want = mx.dequantize(q, scales, biases, group_size, bits)
-        assert mx.array_equal(dequantize_affine(q, scales, biases, group_size, bits), want).item()
 
 
-def test_quantized_layers_take_the_float32_path_for_many_rows_only(monkeypatch):
-    """Our QuantizedLinear: a prompt block (>= FLOAT32_PRODUCT_MIN_ROWS rows) on the CPU goes through
-    unpacked float32 weights; one row keeps MLX's quantized kernel. Both give the same products up
-    to float rounding, and the whole model's prefill agrees either way."""
-    import engine.llama as llama
-
-    model = random_csm(tiny_config(), mx.float32, seed=5)
-    quantize_csm(model, 8)
-    layer = model["backbone"].layers[0].mlp.gate_proj
-    assert isinstance(layer, llama.QuantizedLinear)
-
-    calls = []
-    real = llama.dequantize_affine
-    monkeypatch.setattr(llama, "dequantize_affine", lambda *a: calls.append(1) or real(*a))
-    with mx.stream(mx.cpu):
-        x = mx.random.normal((1, llama.FLOAT32_PRODUCT_MIN_ROWS, layer.weight.shape[1] * 32 // layer.bits),
-                             key=mx.random.key(1))
-        kernel = mx.quantized_matmul(x, layer.weight, layer.scales, layer.biases, transpose=True,
-                                     group_size=layer.group_size, bits=layer.bits)
-        many = layer(x)
-        assert calls and many.shape == kernel.shape
-        assert mx.allclose(many, kernel, atol=1e-4, rtol=1e-4).item()
-        calls.clear()
-        one = layer(x[:, :1])
-        assert not calls
-        assert mx.allclose(one, kernel[:, :1], atol=1e-4, rtol=1e-4).item()
-
-        tokens, mask = random_prompt(20, model.config, 0)
-        def prefill():
-            cache = model.new_backbone_cache(24)
-            return model.backbone(model.embed_rows(tokens[None], mask[None]), cache)
-        fast = prefill()
-        monkeypatch.setattr(llama, "FLOAT32_PRODUCT_MIN_ROWS", 1 << 30)
-        slow = prefill()
-    assert mx.allclose(fast, slow, atol=1e-4, rtol=1e-4).item()
+@pytest.fixture(scope="module")
+def converted(tiny_model_path, tmp_path_factory):
+    """tiny-random converted by `csm convert --quantize 8` and `--quantize 4`."""
+    out = {}
+    for bits in (8, 4):
+        folder = tmp_path_factory.mktemp("converted") / f"q{bits}"
+        result = CliRunner().invoke(cli, ["convert", "--model", str(tiny_model_path), "--quantize", str(bits),
+                                          "-o", str(folder)])
+        assert result.exit_code == 0, result.output
+        out[bits] = folder
+    return out
 
 
-@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
-def test_half_precision_prompt_blocks_run_in_float32_on_the_cpu(dtype, monkeypatch):
-    """bfloat16/float16 Linear layers: many rows on the CPU go through float32 products (the BLAS),
-    one row stays in MLX's own kernel; the prefill agrees either way up to half-precision rounding."""
-    import engine.llama as llama
-
-    model = random_csm(tiny_config(), dtype, seed=6)
-    tokens, mask = random_prompt(20, model.config, 0)
-    widened = []
-    real = llama._product
-    monkeypatch.setattr(llama, "_product", lambda x, w: widened.append(w.dtype) or real(x, w))
-    with mx.stream(mx.cpu):
-        def prefill():
-            cache = model.new_backbone_cache(24)
-            return model.backbone(model.embed_rows(tokens[None], mask[None]), cache)
-        fast = prefill()
-        assert fast.dtype == dtype and widened and set(widened) == {mx.float32}
-        widened.clear()
-        monkeypatch.setattr(llama, "FLOAT32_PRODUCT_MIN_ROWS", 1 << 30)
-        slow = prefill()
-        assert mx.float32 not in widened  # MLX's kernel (or, for bfloat16, engine.cpu.kernels)
-    f, s = np.array(fast.astype(mx.float32)), np.array(slow.astype(mx.float32))
-    assert np.abs(f - s).max() <= 0.05 * np.abs(s).max()
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("backend, compiled", [("mlx", "1"), ("mlx", "0"), ("cpu", "1")])
+def test_converted_models_generate_on_every_backend(converted, tmp_path, monkeypatch, bits, backend, compiled):
+    """`csm convert` then `csm generate --model <converted>`: on the MLX backend (compiled frame step
+    and eager) and on the native CPU backend (which falls back to MLX, with a warning, where it
+    cannot build)."""
+    monkeypatch.setenv("CSM_BACKEND", backend)
+    monkeypatch.setenv("CSM_COMPILE", compiled)
+    wav = tmp_path / "out.wav"
+    result = CliRunner().invoke(cli, ["generate", "--model", str(converted[bits]), "--text", "Hi there.",
+                                      "--seed", "1", "--max_audio_length_ms", "480", "-o", str(wav), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert wav.is_file() and wav.stat().st_size > 44

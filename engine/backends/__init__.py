@@ -69,8 +69,63 @@ class FrameBackend(Protocol):
 
 
 def choose_backend(csm, options=None) -> FrameBackend:
-    """The frame backend for the network `csm` under `options` (EngineOptions). Today: the MLX
-    backend everywhere."""
+    """The frame backend for the network `csm` under `options` (EngineOptions; default from the
+    environment), chosen once when a model loads.
+
+    - MLX on a GPU (Metal, CUDA), and when `options.backend == "mlx"`;
+    - else the native CPU backend (engine/cpu/backend.py) where its C library builds: an x86-64 or
+      ARM64 CPU with a C compiler, `cpu_kernels` not "off" (CSM_CPU_KERNELS=0), and weights its
+      kernels take (bfloat16/float or MLX affine 8-/4-bit);
+    - else MLX, with a warning saying why the native backend was not used. `detail` says the same.
+    A fallback is never an error, also not when "cpu" was asked for.
+    """
+    from engine.options import EngineOptions
+
+    options = options or EngineOptions.from_env()
+    reason = None
+    if options.backend == "mlx":
+        reason = "chosen by the backend setting"
+    elif options.backend == "auto" and _on_gpu():
+        reason = "the GPU"
+    else:
+        reason = native_unavailable_reason(options)
+        if reason is None:
+            from engine.cpu.backend import CpuBackend
+            from engine.cpu.pack import UnsupportedWeights
+
+            try:
+                return CpuBackend(csm, threads=options.threads, portable=options.cpu_kernels == "portable")
+            except UnsupportedWeights as exc:
+                reason = str(exc)
+    return _mlx_backend(csm, options, reason)
+
+
+def native_unavailable_reason(options=None) -> str | None:
+    """Why the native CPU backend cannot run here (a setting, the CPU, no compiler, a build error),
+    or None when it can."""
+    from engine.cpu.frame import unavailable_reason
+
+    if options is not None and options.cpu_kernels == "off":
+        return "native CPU kernels switched off (cpu_kernels=off, CSM_CPU_KERNELS=0)"
+    return unavailable_reason()
+
+
+def _on_gpu() -> bool:
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+def _mlx_backend(csm, options, reason: str) -> FrameBackend:
+    import warnings
+
     from engine.backends.mlx import MLXBackend
 
-    return MLXBackend(csm, compile_frames=getattr(options, "compile", True))
+    backend = MLXBackend(csm, compile_frames=options.compile)
+    if reason == "the GPU":
+        return backend
+    backend.detail = f"{backend.detail}; native CPU backend not used: {reason}"
+    if reason != "chosen by the backend setting":
+        warnings.warn(f"running the MLX backend: the native CPU backend is not available ({reason})",
+                      RuntimeWarning, stacklevel=3)
+    return backend

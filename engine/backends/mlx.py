@@ -7,14 +7,9 @@
 - a frame: codebook 0's head and the depth decoder over the batch, compiled into one graph
   (mx.compile, one per batch size); the draws come from engine/backends/mlx_draws.py, whose inputs
   are arrays of B rows, so one graph serves any mix of seeds and sampler settings.
-- A bfloat16 model on a CPU with engine/cpu/kernels.py runs the depth decoder row by row in
-  engine/cpu/depth.py (NumPy over bfloat16 kernels), as CSM.generate_frame does.
 
 Rows of a batch do not mix: for float32 the tests hold batched codes equal to solo codes bit for
-bit. Products over half-precision weights on the CPU run row by row below engine.llama's
-FLOAT32_PRODUCT_MIN_ROWS rows and widen to float32 from there; a step there takes its rows in
-groups below that size, so every row is computed as it is alone (those products read the weights
-once per row anyway, so the groups cost nothing).
+bit.
 """
 
 from __future__ import annotations
@@ -23,12 +18,12 @@ import warnings
 from typing import Sequence
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 import numpy as np
 
 from engine.backends import Draw
 from engine.backends.mlx_draws import draw_arrays, pick
 from engine.constants import NUM_CODEBOOKS
-from engine.llama import FLOAT32_PRODUCT_MIN_ROWS
 from engine.kv_cache import KVCache
 
 _FRAME_MASK = np.zeros((1, NUM_CODEBOOKS + 1), np.bool_)
@@ -67,7 +62,6 @@ class MLXBackend:
         self.max_positions = int(getattr(csm.config, "max_seq_len", 2048))
         self.compile = bool(compile_frames)
         self._compiled = None
-        self._depth_state = None  # (dtype, device, weights id, CpuDepthDecoder | None)
         self.detail = f"mlx ({mx.default_device()}, {csm._act_dtype()})"
 
     # -- caches ----------------------------------------------------------------------------------
@@ -94,17 +88,8 @@ class MLXBackend:
         # The same row embedding as a prompt's audio row, so a frame fed back here and the same
         # frame prefilled later as context embed identically.
         embeds = self.csm.embed_rows(rows, mask)  # (B, 1, Db)
-        hidden = [self.csm["backbone"].rows(embeds[a:b], [c.layers for c in caches[a:b]])
-                  for a, b in self._groups(len(caches))]
-        hidden = hidden[0] if len(hidden) == 1 else mx.concatenate(hidden)  # (B, 1, Db)
+        hidden = self.csm["backbone"].rows(embeds, [c.layers for c in caches])  # (B, 1, Db)
         return self._frames(hidden[:, 0, :], draws)
-
-    def _groups(self, rows: int) -> list[tuple[int, int]]:
-        """Row ranges computed together: all of them, or (half-precision weights on the CPU) groups
-        small enough to keep the row-by-row kernels (see the module doc)."""
-        half = self.csm._act_dtype() in (mx.bfloat16, mx.float16) and mx.default_device() == mx.cpu
-        size = FLOAT32_PRODUCT_MIN_ROWS - 1 if half else rows
-        return [(a, min(a + size, rows)) for a in range(0, rows, size)]
 
     # -- frames ----------------------------------------------------------------------------------
     def frames_from_hidden(self, hidden: Sequence, draws: Sequence[Draw]) -> mx.array:
@@ -113,12 +98,6 @@ class MLXBackend:
 
     def _frames(self, h: mx.array, draws: Sequence[Draw]) -> mx.array:
         """h (B, Db) -> codes (B, 32) int32, each row drawn by its own Draw."""
-        depth = self._cpu_depth()
-        if depth is not None:
-            return mx.concatenate([self._cpu_frame(depth, h[b:b + 1], d) for b, d in enumerate(draws)])
-        groups = self._groups(h.shape[0])
-        if len(groups) > 1:
-            return mx.concatenate([self._frames(h[a:b], draws[a:b]) for a, b in groups])
         params = draw_arrays(draws)
         if self.compile:
             fn = self._compiled_frame()
@@ -134,32 +113,16 @@ class MLXBackend:
         return self.csm.depth_frame(h, lambda i, logits: pick(logits, i, params), cache)
 
     def _compiled_frame(self):
-        if self._compiled is None or self._compiled[0] is not self._weights_token():
-            self._compiled = (self._weights_token(), mx.compile(self._frame))
+        weights = self._weights()
+        if self._compiled is None or len(self._compiled[0]) != len(weights) or any(
+                a is not b for a, b in zip(self._compiled[0], weights)):
+            self._compiled = (weights, mx.compile(self._frame))
         return self._compiled[1]
 
-    def _weights_token(self):
-        """Changes when the network's weights are replaced (compiled graphs hold the old ones)."""
-        return self.csm.codebook0_head.weight
-
-    def _cpu_depth(self):
-        from engine.cpu import depth as cpu_depth
-
-        key = (self.csm._act_dtype(), mx.default_device(), id(self._weights_token()))
-        state = self._depth_state
-        if state is None or state[:3] != key:
-            depth = cpu_depth.CpuDepthDecoder(self.csm) if cpu_depth.usable(self.csm) else None
-            state = self._depth_state = (*key, depth)
-        return state[3]
-
-    def _cpu_frame(self, depth, h: mx.array, draw: Draw) -> mx.array:
-        """One stream's frame through engine/cpu/depth.py: codes (1, 32) int32."""
-        params = draw_arrays([draw])
-        c0 = int(pick(self.csm.codebook0_head(h), 0, params).item())
-        codebook = iter(range(1, NUM_CODEBOOKS))
-        rest = depth.frame(np.array(h[0].astype(mx.float32)), c0,
-                           lambda logits: pick(logits, next(codebook), params))
-        return mx.array([[c0, *rest]], dtype=mx.int32)
+    def _weights(self) -> list:
+        """The network's parameter arrays: a compiled graph holds the ones it was traced with, so it
+        is traced anew when any of them is replaced (csm.update, load_weights)."""
+        return [a for _, a in tree_flatten(self.csm.parameters())]
 
     # -- the rest of the contract ----------------------------------------------------------------
     def start(self, result) -> None:

@@ -4,22 +4,25 @@
 loads `--model M`, then measures, each in its own timed phase:
   load        building (random normal weights, small std) or loading, casting and quantizing
   prefill     the backbone over `--prompt-tokens` prompt rows (text and audio rows mixed)
-  frames      `--frames` frames (backbone step + depth decoder's 31 steps), driven like the
-              generator does (the next frame launched with mx.async_eval before the current one is
-              read); the count is fixed: the end-of-speech rule never stops the benchmark
+  frames      `--frames` frames (backbone step + depth decoder's 31 steps) through the frame
+              backend load_model would choose (or --backend), driven like the generator does (the
+              next frame started before the current one is read); the count is fixed: the
+              end-of-speech rule never stops the benchmark
   mimi        a full-size Mimi (random weights, engine.mimi defaults) decoding those frames, whole
               and as one streamed chunk (for the time to first audio)
 and prints a table, or with --json one JSON object. Real-time factor = compute seconds per second
 of audio (below 1 is faster than real time); one frame is 80 ms of audio.
 
 Options: --dtype float32|bfloat16|float16 (default: engine.device.default_dtype()), --quantize 8|4,
---prompt-tokens N, --frames N, --size full|tiny (tiny is for tests), --no-openblas (runs itself
-again in a fresh process with CSM_OPENBLAS=0, since the BLAS is chosen before MLX is imported),
---no-mimi, --compile / --no-compile (the engine's compiled frame step), --generator (the same work
-again through engine.generator: streaming, Mimi decode overlapped, as CSMModel.generate runs it),
---compare compile|threads|prefill (variants measured side by side, taking turns in one process;
-prefill times the prompt prefill of a quantized (default 8-bit) or --dtype bfloat16/float16 model, in
-the generator's 64-row blocks, with MLX's own kernels and with products widened to float32).
+--backend auto|mlx|cpu (which frame backend; the table says which ran and, after a fallback, why),
+--threads N (native CPU backend), --prompt-tokens N, --frames N, --size full|tiny (tiny is for
+tests), --no-openblas (runs itself again in a fresh process with CSM_OPENBLAS=0, since the BLAS is
+chosen before MLX is imported), --no-mimi, --compile / --no-compile (the MLX backend's compiled frame
+step), --generator (the same work again through engine.generator: streaming, Mimi decode
+overlapped, as CSMModel.generate runs it), --compare backends|compile|threads|prefill (variants
+measured side by side, taking turns in one process: the MLX and native CPU backends' frames or
+prompt prefill, MLX eager/compiled, 1 and 2 threads). For the native backend the table also gives
+the weight bytes a frame reads and the rate reached.
 """
 
 from __future__ import annotations
@@ -145,73 +148,70 @@ def _is_quantized(model: nn.Module) -> bool:
     return any(k.endswith(".scales") for k, _ in tree_flatten(model.parameters()))
 
 
-def _sampler():
-    from engine.sampling import make_sampler
+def make_backend(model: CSM, args, **changes):
+    """The frame backend the engine would choose for `model` under the benchmark's settings
+    (--backend, --compile, --threads), as load_model chooses it."""
+    from engine.backends import choose_backend
+    from engine.options import EngineOptions
 
-    return make_sampler(temperature=0.9, top_k=50)
-
-
-def set_compiled(model: CSM, on: bool) -> bool:
-    """Switch the engine's compiled frame step (engine.csm.COMPILE_FRAMES) on or off; True if it has one."""
-    import engine.csm as csm_module
-
-    if not hasattr(csm_module, "COMPILE_FRAMES"):
-        return False
-    csm_module.COMPILE_FRAMES = bool(on)
-    getattr(model, "_compiled_frames", {}).clear()
-    return True
+    settings = {"backend": args.backend, "compile": args.compile, "threads": args.threads, **changes}
+    return choose_backend(model, EngineOptions.from_env(**settings))
 
 
-def _frame_step(model: CSM, sampler):
-    """One frame fed back as a row, then the next frame sampled: codes (1, K) -> next codes (1, K)."""
+def _draw(seed: int):
+    from engine.backends import Draw
 
-    def step(codes: mx.array, cache) -> mx.array:
-        h = model.backbone(model.frame_embedding(codes), cache)  # (1, 1, Db)
-        return model.generate_frame(h[:, -1, :], sampler)
-
-    return step
+    return Draw(temperature=0.9, top_k=50, suppress_undecodable=True, seed=seed, frame=0)
 
 
-def run_frames(model: CSM, step, codes: mx.array, cache, frames: int) -> tuple[np.ndarray, float]:
-    """`frames` frames after `codes`, driven as the generator does (the next frame is launched with
-    mx.async_eval before the current one is read). -> (codes (frames, K), seconds)."""
+def prefill(backend, cache, tokens: np.ndarray, mask: np.ndarray):
+    """The prompt through backend.prefill in the generator's aligned blocks -> the last hidden state."""
+    from engine.generator import PREFILL_BLOCK
+
+    hidden = None
+    for a in range(0, len(tokens), PREFILL_BLOCK):
+        hidden = backend.prefill(cache, tokens[a:a + PREFILL_BLOCK], mask[a:a + PREFILL_BLOCK])
+    return hidden
+
+
+def run_frames(backend, cache, codes, draw, first_frame: int, frames: int) -> tuple[np.ndarray, float]:
+    """`frames` frames after `codes`, driven as the generator does (the next frame is started with
+    backend.start before the current one is read). -> (codes (frames, K), seconds)."""
     out = []
     start = time.perf_counter()
-    for _ in range(frames):
-        nxt = step(codes, cache)  # built while the previous frame may still be computing
-        mx.async_eval(nxt)
-        out.append(np.array(codes)[0])
+    for i in range(frames):
+        nxt = backend.step([cache], codes, [draw.at(first_frame + i)])
+        backend.start(nxt)
+        out.append(np.asarray(codes).reshape(-1))
         codes = nxt
-    out.append(np.array(codes)[0])
+    out.append(np.asarray(codes).reshape(-1))
     return np.stack(out[1:]).astype(np.int32), time.perf_counter() - start
 
 
-def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, mimi=None, chunk_frames: int = 6) -> dict:
-    """Time prefill, the frame loop and (with `mimi`) decoding. Returns the figures as a dict."""
-    config = model.config
+def measure(backend, config: CSMConfig, prompt_rows: int, frames: int, *, seed: int = 0, mimi=None,
+            chunk_frames: int = 6) -> dict:
+    """Time prefill, the frame loop and (with `mimi`) decoding through `backend`. -> the figures."""
     tokens, mask = random_prompt(prompt_rows, config, seed)
-    sampler = _sampler()
-    step = _frame_step(model, sampler)
-    mx.random.seed(seed)
+    draw = _draw(seed)
 
     # Warm-up on a scratch cache: first calls pay for allocations and (compiled) tracing.
-    scratch = model.new_backbone_cache(prompt_rows + 8)
-    h = model.backbone(model.embed_rows(tokens[None, :4], mask[None, :4]), scratch)
-    run_frames(model, step, model.generate_frame(h[:, -1, :], sampler), scratch, 2)
+    scratch = backend.new_cache(prompt_rows + 8)
+    h = backend.prefill(scratch, tokens[:4], mask[:4])
+    run_frames(backend, scratch, backend.frames_from_hidden([h], [draw]), draw, 1, 2)
     del scratch
     mx.reset_peak_memory()
 
-    cache = model.new_backbone_cache(prompt_rows + frames + 1)
+    cache = backend.new_cache(prompt_rows + frames + 1)
     start = time.perf_counter()
-    h = model.backbone(model.embed_rows(tokens[None], mask[None]), cache)  # (1, T, Db)
-    mx.eval(h)
+    h = prefill(backend, cache, tokens, mask)
+    np.asarray(h)
     prefill_s = time.perf_counter() - start
 
-    codes = model.generate_frame(h[:, -1, :], sampler)
-    mx.eval(codes)
+    codes = backend.frames_from_hidden([h], [draw])
+    codes = np.asarray(codes)
     first_frame_s = time.perf_counter() - start - prefill_s
-    rest, loop_s = run_frames(model, step, codes, cache, frames - 1)
-    codes_np = np.concatenate([np.array(codes), rest]) if frames > 1 else np.array(codes)  # (frames, K)
+    rest, loop_s = run_frames(backend, cache, codes, draw, 1, frames - 1)
+    codes_np = np.concatenate([codes, rest]) if frames > 1 else codes  # (frames, K)
     steady_fps = (frames - 1) / loop_s if frames > 1 else 1.0 / first_frame_s
 
     result = {
@@ -236,31 +236,27 @@ def measure(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, mimi=No
     if mimi is not None:
         result.update(measure_mimi(mimi, result["codes"], first_chunk))
         result["time_to_first_audio"] = first_chunk_ready + result["mimi_first_chunk_seconds"]
-    result["peak_memory_gb"] = mx.get_peak_memory() / 1e9
+    result["mlx_peak_memory_gb"] = mx.get_peak_memory() / 1e9
     return result
 
 
-def measure_generator(model: CSM, prompt_rows: int, frames: int, *, seed: int = 0, mimi=None,
-                      chunk_frames: int = 6) -> dict | None:
+def measure_generator(backend, config: CSMConfig, prompt_rows: int, frames: int, *, seed: int = 0, mimi=None,
+                      chunk_frames: int = 6) -> dict:
     """The same work through engine.generator.Generator (streaming, Mimi decoding overlapped with the
-    frame loop): what a user of CSMModel.generate sees. None when the generator is not available."""
-    try:
-        from engine.backends import Draw, choose_backend
-        from engine.generator import Generator
-    except ImportError:
-        return None
-    tokens, mask = random_prompt(prompt_rows, model.config, seed)
-    gen = Generator(choose_backend(model), codec=mimi)
-    draw = Draw(temperature=0.9, top_k=50, seed=seed)
+    frame loop): what a user of CSMModel.generate sees."""
+    from engine.generator import Generator
+
+    tokens, mask = random_prompt(prompt_rows, config, seed)
+    gen = Generator(backend, codec=mimi)
     # Warm-up, as measure() has one: a short run of the same shapes (the prompt's 64-row blocks,
     # one-row steps, a streamed chunk), so first-use work (kernel compilation: on CUDA MLX compiles
     # kernels at first use, seconds each on a fresh machine) is not timed as generation.
     warm = min(frames, chunk_frames + 2)
-    for _ in gen.generate(tokens, mask, max_frames=warm, draw=draw, stream=mimi is not None,
+    for _ in gen.generate(tokens, mask, max_frames=warm, draw=_draw(seed), stream=mimi is not None,
                           chunk_frames=chunk_frames, reuse_cache=False, decode=mimi is not None):
         pass
     start = time.perf_counter()
-    chunks = list(gen.generate(tokens, mask, max_frames=frames, draw=draw, stream=mimi is not None,
+    chunks = list(gen.generate(tokens, mask, max_frames=frames, draw=_draw(seed), stream=mimi is not None,
                                chunk_frames=chunk_frames, reuse_cache=False, decode=mimi is not None))
     seconds = time.perf_counter() - start
     produced = len(chunks[-1].frames)
@@ -274,23 +270,19 @@ def measure_generator(model: CSM, prompt_rows: int, frames: int, *, seed: int = 
     }
 
 
-def compare(model: CSM, variants: dict, frames: int, rounds: int = 3, seed: int = 0) -> dict:
-    """Frames/s of each variant, measured side by side: the variants take turns, `rounds` times, on
-    the same model in one process (so a busy machine slows them alike). `variants` maps a name to a
-    function that switches the engine into that variant. -> {name: {"fps": [...], "codes": ...}}"""
-    sampler = _sampler()
-    step = _frame_step(model, sampler)
-    tokens, mask = random_prompt(8, model.config, seed)
+def compare(config: CSMConfig, variants: dict, frames: int, rounds: int = 3, seed: int = 0) -> dict:
+    """Frames/s of each variant (a frame backend), measured side by side: the variants take turns,
+    `rounds` times, in one process (so a busy machine slows them alike).
+    -> {name: {"fps": [...], "codes": ...}}"""
+    tokens, mask = random_prompt(8, config, seed)
+    draw = _draw(seed)
     results = {name: {"fps": []} for name in variants}
     for r in range(rounds + 1):  # round 0 warms each variant up (compiles, allocates)
-        for name, switch in variants.items():
-            switch()
-            mx.random.seed(seed)
-            cache = model.new_backbone_cache(8 + frames + 2)
-            h = model.backbone(model.embed_rows(tokens[None], mask[None]), cache)
-            first = model.generate_frame(h[:, -1, :], sampler)
-            mx.eval(first)
-            codes, seconds = run_frames(model, step, first, cache, frames if r else 2)
+        for name, backend in variants.items():
+            cache = backend.new_cache(8 + frames + 2)
+            h = prefill(backend, cache, tokens, mask)
+            first = np.asarray(backend.frames_from_hidden([h], [draw]))
+            codes, seconds = run_frames(backend, cache, first, draw, 1, frames if r else 2)
             if r:
                 results[name]["fps"].append(frames / seconds)
                 results[name]["codes"] = codes
@@ -325,15 +317,6 @@ def build_mimi(size: str):
     return mimi_from_weights(tiny_mimi_weights(config, seed=0), config)
 
 
-def cpu_kernels_line() -> str:
-    """engine.cpu.kernels as the benchmark reports it: the variant in use, or why none."""
-    from engine.cpu import kernels as cpu_kernels
-
-    if mx.default_device() != mx.cpu:
-        return "not used (GPU)"
-    return f"bfloat16, {cpu_kernels.variant()}" if cpu_kernels.available() else f"off: {cpu_kernels.reason()}"
-
-
 def device_name() -> str:
     device = mx.default_device()
     try:
@@ -348,117 +331,105 @@ def device_name() -> str:
     return f"gpu: {name} ({where})"
 
 
-def default_dtype_name() -> str:
-    """The name (a DTYPES key) of engine.device's per-device default dtype."""
-    return next(k for k, v in DTYPES.items() if v == default_dtype())
+def default_dtype_name(args=None) -> str:
+    """The name (a DTYPES key) of engine.device's per-device default dtype (for --backend)."""
+    from engine.options import EngineOptions
+
+    options = EngineOptions.from_env(backend=getattr(args, "backend", None))
+    return next(k for k, v in DTYPES.items() if v == default_dtype(options))
 
 
 def run(args) -> dict:
     if args.dtype is None:
-        args.dtype = default_dtype_name()
+        args.dtype = default_dtype_name(args)
     model, load_s, quant_error = build_model(args)
     if not args.quantize:  # a quantized folder given with --model
         args.quantize = next((m.bits for _, m in model.named_modules() if hasattr(m, "bits")), None)
     mimi = None if args.no_mimi else build_mimi(args.size)
-    compiled = set_compiled(model, args.compile) and args.compile
-    r = measure(model, args.prompt_tokens, args.frames, seed=args.seed, mimi=mimi, chunk_frames=args.chunk_frames)
+    backend = make_backend(model, args)
+    r = measure(backend, model.config, args.prompt_tokens, args.frames, seed=args.seed, mimi=mimi,
+                chunk_frames=args.chunk_frames)
     r.pop("codes")
     if args.generator:
-        r["generator"] = measure_generator(model, args.prompt_tokens, args.frames, seed=args.seed, mimi=mimi,
-                                           chunk_frames=args.chunk_frames)
+        r["generator"] = measure_generator(backend, model.config, args.prompt_tokens, args.frames, seed=args.seed,
+                                           mimi=mimi, chunk_frames=args.chunk_frames)
     info = blas_info()
+    r.update(weight_bandwidth(backend, r["frames_per_second"]))
     r.update({
         "load_seconds": load_s,
         "quantization_logit_error": quant_error,
         "model": args.model or f"random CSM-1B ({args.size})",
         "dtype": args.dtype,
         "quantize": args.quantize,
-        "compiled": compiled,
+        "backend": backend.name,
+        "backend_detail": backend.detail,
         "device": device_name(),
         "mlx_version": mx.__version__,
         "blas": info.describe(),
         "blas_loaded": info.loaded,
-        "cpu_kernels": cpu_kernels_line(),
-        "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "command": "python -m engine.bench " + " ".join(args.argv),
     })
     return r
 
 
-def compare_prefill(model: CSM, variants: dict, rows: int, rounds: int = 3, seed: int = 0) -> dict:
-    """Prompt prefill rows/s of each variant, side by side like compare(): `rows` prompt rows run
-    through the backbone in the generator's aligned blocks (engine.generator.PREFILL_BLOCK rows).
+def weight_bandwidth(backend, frames_per_second: float) -> dict:
+    """Bytes of weights one frame reads (the native backend knows them) and the rate reached."""
+    packed = getattr(backend, "packed", None)
+    if packed is None:
+        return {"frame_weight_gb": None, "weight_gb_per_second": None}
+    gb = packed.frame_bytes() / 1e9
+    return {"frame_weight_gb": gb, "weight_gb_per_second": gb * frames_per_second}
+
+
+def compare_prefill(config: CSMConfig, variants: dict, rows: int, rounds: int = 3, seed: int = 0) -> dict:
+    """Prompt prefill rows/s of each variant (a backend), side by side like compare(): `rows` prompt
+    rows through backend.prefill in the generator's aligned blocks.
     -> {name: {"rps": [...], "hidden": last hidden state (NumPy)}}"""
     from engine.generator import PREFILL_BLOCK
 
-    tokens, mask = random_prompt(rows, model.config, seed)
+    tokens, mask = random_prompt(rows, config, seed)
     results = {name: {"rps": []} for name in variants}
     for r in range(rounds + 1):  # round 0 warms each variant up
-        for name, switch in variants.items():
-            switch()
-            cache = model.new_backbone_cache(rows + 1)
+        for name, backend in variants.items():
+            cache = backend.new_cache(rows + 1)
             n = rows if r else min(rows, PREFILL_BLOCK)
             start = time.perf_counter()
-            for a in range(0, n, PREFILL_BLOCK):
-                b = min(a + PREFILL_BLOCK, n)
-                h = model.backbone(model.embed_rows(tokens[None, a:b], mask[None, a:b]), cache)
-                mx.eval(h)
+            h = np.asarray(prefill(backend, cache, tokens[:n], mask[:n]))
             seconds = time.perf_counter() - start
             if r:
                 results[name]["rps"].append(n / seconds)
-                results[name]["hidden"] = np.array(h[0, -1].astype(mx.float32))
+                results[name]["hidden"] = np.asarray(h, dtype=np.float32)
     return results
 
 
-def comparison_variants(which: str) -> dict:
-    """Named switches for --compare: 'compile' (eager / compiled frame step, each with and without
-    the weight-left matmuls), 'threads' (1 and 2 OpenBLAS threads) or 'prefill' (a quantized or
-    half-precision model's multi-row products in MLX's own kernels, or widened to float32 on the CPU)."""
-    import engine.llama as llama
-    from engine.cpu.blas import default_threads, set_threads
+def comparison_variants(which: str, model: CSM, args) -> dict:
+    """Named backends for --compare: 'backends' (the MLX and the native CPU backend), 'compile'
+    (MLX's frame step eager and compiled), 'threads' (the chosen backend with 1 and 2 threads) or
+    'prefill' (the backends' prompt prefill)."""
+    if which in ("backends", "prefill"):
+        return {"mlx": make_backend(model, args, backend="mlx"), "cpu": make_backend(model, args, backend="cpu")}
+    if which == "compile":
+        return {"mlx eager": make_backend(model, args, backend="mlx", compile=False),
+                "mlx compiled": make_backend(model, args, backend="mlx", compile=True)}
+    from engine.cpu.blas import set_threads
 
-    if which == "prefill":
-        def rows_from(n: int):
-            def switch():
-                llama.FLOAT32_PRODUCT_MIN_ROWS = n
-            return switch
-        return {"MLX's own kernels (before)": rows_from(1 << 30),
-                f"widened to float32 (default, >= {llama.FLOAT32_PRODUCT_MIN_ROWS} rows)": rows_from(llama.FLOAT32_PRODUCT_MIN_ROWS)}
-
-    def setup(compiled: bool, weight_left: bool, threads: int | None = None):
-        def switch():
-            if hasattr(llama, "MATMUL_WEIGHT_LEFT"):
-                llama.MATMUL_WEIGHT_LEFT = weight_left
-            set_compiled(_current_model, compiled)
-            if threads is not None:
-                set_threads(threads)
-        return switch
-
-    if which == "threads":
-        return {"1 BLAS thread": setup(True, True, 1), "2 BLAS threads": setup(True, True, 2)}
-    threads = default_threads()
-    return {
-        "eager, x @ W.T (before)": setup(False, False, threads),
-        "eager, W @ x.T": setup(False, True, threads),
-        "compiled, x @ W.T": setup(True, False, threads),
-        "compiled, W @ x.T (default)": setup(True, True, threads),
-    }
-
-
-_current_model = None
+    set_threads(1)
+    one = make_backend(model, args, threads=1)
+    set_threads(2)
+    return {"1 thread": one, "2 threads": make_backend(model, args, threads=2)}
 
 
 def run_compare(args) -> dict:
-    global _current_model
     model, load_s, _ = build_model(args)
-    _current_model = model
-    variants = comparison_variants(args.compare)
+    variants = comparison_variants(args.compare, model, args)
     common = {"compare": args.compare, "frames": args.frames, "rounds": args.rounds, "dtype": args.dtype,
               "quantize": args.quantize, "model": args.model or f"random CSM-1B ({args.size})",
               "device": device_name(), "mlx_version": mx.__version__, "blas": blas_info().describe(),
+              "backends": {name: b.detail for name, b in variants.items()},
               "load_seconds": load_s, "command": "python -m engine.bench " + " ".join(args.argv)}
     if args.compare == "prefill":
-        results = compare_prefill(model, variants, args.prompt_tokens, rounds=args.rounds, seed=args.seed)
+        results = compare_prefill(model.config, variants, args.prompt_tokens, rounds=args.rounds, seed=args.seed)
         first = next(iter(results))
         base = float(np.median(results[first]["rps"]))
         scale = float(np.abs(results[first]["hidden"]).max()) or 1.0
@@ -467,7 +438,7 @@ def run_compare(args) -> dict:
                  "hidden_max_rel_diff": float(np.abs(r["hidden"] - results[first]["hidden"]).max()) / scale}
                 for name, r in results.items()]
         return {**common, "prompt_tokens": args.prompt_tokens, "rows": rows}
-    results = compare(model, variants, args.frames, rounds=args.rounds, seed=args.seed)
+    results = compare(model.config, variants, args.frames, rounds=args.rounds, seed=args.seed)
     first = next(iter(results))
     rows = []
     for name, r in results.items():
@@ -493,8 +464,9 @@ def format_compare(r: dict) -> str:
             return (f"{row['variant']:<32} {row['frames_per_second']:>9.3f} {row['real_time_factor']:>8.2f} "
                     f"{row['speedup']:>7.2f}x  {row['same_codes_as_first']}")
     model = f"{r['model']}, {r['dtype']}{', %d-bit' % r['quantize'] if r['quantize'] else ''}"
-    return "\n".join([f"{model}; {r['device']}; MLX {r['mlx_version']}; {r['blas']}", what, header,
-                      *map(line, r["rows"]), f"command: {r['command']}"])
+    backends = [f"  {name}: {detail}" for name, detail in r["backends"].items()]
+    return "\n".join([f"{model}; {r['device']}; MLX {r['mlx_version']}; {r['blas']}", "backends:", *backends,
+                      what, header, *map(line, r["rows"]), f"command: {r['command']}"])
 
 
 def format_table(r: dict) -> str:
@@ -506,7 +478,7 @@ def format_table(r: dict) -> str:
     rows = [
         ("model", r["model"]), ("dtype", r["dtype"] + (f", {r['quantize']}-bit" if r["quantize"] else "")),
         ("device", r["device"]), ("mlx", r["mlx_version"]), ("blas", r["blas"]),
-        ("cpu kernels", r.get("cpu_kernels") or "n/a"),
+        ("backend", f"{r['backend']} ({r['backend_detail']})"),
         ("load", fmt(r["load_seconds"], " s")),
         ("prefill", f"{r['prompt_tokens']} rows in {fmt(r['prefill_seconds'], ' s')} "
                     f"({r['prefill_rows_per_second']:.1f} rows/s)"),
@@ -515,7 +487,9 @@ def format_table(r: dict) -> str:
         ("real-time factor", fmt(r["real_time_factor"]) + "  (s of compute per s of audio)"),
         ("time to first audio", fmt(r["time_to_first_audio"], " s")),
         ("mimi decode", fmt(r["mimi_decode_realtime_multiple"], "x real time")),
-        ("peak memory", fmt(r["peak_memory_gb"], " GB")),
+        *([("weights read", f"{r['frame_weight_gb']:.2f} GB per frame, {r['weight_gb_per_second']:.1f} GB/s")]
+          if r.get("frame_weight_gb") else []),
+        ("peak memory", fmt(r["peak_memory_gb"], " GB") + "  (process peak RSS)"),
         *([("generator (streaming)", _generator_line(r["generator"]))] if r.get("generator") else []),
         *([("logits vs float", _error_line(r["quantization_logit_error"]))] if r["quantization_logit_error"] else []),
         ("command", r["command"]),
@@ -547,11 +521,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-openblas", action="store_true", help="MLX's own reference BLAS (Linux CPU)")
     p.add_argument("--no-mimi", action="store_true", help="skip the codec decode")
+    p.add_argument("--backend", choices=("auto", "mlx", "cpu"), default=None,
+                   help="frame backend (default: as load_model chooses, CSM_BACKEND)")
+    p.add_argument("--threads", type=int, default=None, help="native CPU backend threads")
     p.add_argument("--compile", dest="compile", action="store_true", default=True)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--generator", action="store_true",
                    help="also run the same work through engine.generator (streaming, decode overlapped)")
-    p.add_argument("--compare", choices=("compile", "threads", "prefill"), default=None,
+    p.add_argument("--compare", choices=("backends", "compile", "threads", "prefill"), default=None,
                    help="measure variants side by side, taking turns, instead of the usual run")
     p.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -571,9 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([sys.executable, "-m", "engine.bench", "generation", *argv], env=env)
     if args.compare:
         if args.dtype is None:
-            args.dtype = default_dtype_name()
-        if args.compare == "prefill" and args.quantize is None and args.dtype == "float32":
-            args.quantize = 8  # nothing to compare in a float32 model
+            args.dtype = default_dtype_name(args)
         result = run_compare(args)
         print(json.dumps(result) if args.json else format_compare(result), flush=True)
         return 0

@@ -21,7 +21,7 @@ from .resolve import resolve_model
 
 def default_dtype():
     """The per-device default chosen by measurement (engine.device): bfloat16 on a GPU and on a CPU
-    with engine.cpu.kernels, float32 on other CPUs, `CSM_DTYPE` overriding any."""
+    where the native CPU backend runs, float32 on other CPUs, `CSM_DTYPE` overriding any."""
     from engine.device import default_dtype as measured_default
 
     return measured_default()

@@ -1,0 +1,163 @@
+"""The native CPU frame backend ("cpu"): packed weights and one native call per frame.
+
+At load the CSM's weights are packed (engine/cpu/pack.py: bf16, MLX affine int8/int4 as they are)
+and laid out for frame.c (engine/cpu/frame.py). Then:
+  step(caches, codes, draws)      one call into frame.c for all B streams: embed the fed-back frames,
+                                  the backbone's one-row step through each stream's cache, codebook 0's
+                                  head, the 31 depth-decoder steps and the 32 seeded draws
+  frames_from_hidden(hidden, ..)  the same from backbone states (after a prefill)
+  prefill(cache, tokens, mask)    the backbone over T rows (engine/cpu/prefill.py)
+A stream's KV cache is NumPy memory owned here: float32 (layers, 2, n_kv, max_positions, head_dim),
+its pages touched only as positions fill.
+
+Draws are keyed by (seed, frame, codebook) through a counter-based hash in frame.c, so a stream's
+codes depend on nothing else in the batch, its history or the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ContextTooLongError, InputError
+from .frame import VARIANT_BEST, VARIANT_PORTABLE, NativeModel, features
+from .pack import pack_csm
+from .prefill import backbone_prefill, embed_rows
+
+
+class CpuStreamCache:
+    """One stream's backbone KV cache in native memory."""
+
+    def __init__(self, args, max_positions: int):
+        self.kv = np.zeros((args.n_layers, 2, args.n_kv_heads, max_positions, args.head_dim), np.float32)
+        self.offset = 0
+
+    @property
+    def max_positions(self) -> int:
+        return self.kv.shape[3]
+
+    def trim_to(self, n: int) -> None:
+        self.offset = max(0, min(int(n), self.offset))
+
+    def reset(self) -> None:
+        self.offset = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.nbytes
+
+
+def _gemm(threads: int):
+    """engine/cpu/gemm.py's multi-row product (x (T, in), PackedWeight) -> (T, out) when it is there
+    and builds here, else None."""
+    try:
+        from . import gemm
+    except ImportError:
+        return None
+    if hasattr(gemm, "available") and not gemm.available():
+        return None
+    return lambda x, w: gemm.gemm(x, w, threads=threads)
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self, csm, threads: int | None = None, portable: bool = False):
+        from .blas import default_threads
+
+        self.config = csm.config
+        self.max_positions = int(self.config.max_seq_len)
+        self.threads = int(threads or default_threads())
+        self.packed = pack_csm(csm)
+        self.native = NativeModel(self.packed, self.threads, VARIANT_PORTABLE if portable else VARIANT_BEST)
+        self.K = self.config.audio_num_codebooks
+        gemm = _gemm(self.threads)
+        self._product = gemm if gemm is not None else self.native.product
+        kernels = "portable C" if portable else (", ".join(f for f in features() if f != "openmp") or "portable C")
+        self.detail = (f"cpu: {'+'.join(self.packed.formats)} weights, {kernels}, {self.threads} threads"
+                       f", prefill {'gemm' if gemm is not None else 'frame kernels'}")
+
+    # ---- caches --------------------------------------------------------------------------------
+    def new_cache(self, max_positions: int) -> CpuStreamCache:
+        if max_positions > self.native.max_positions:
+            raise ContextTooLongError(f"the model takes at most {self.native.max_positions} positions, "
+                                      f"{max_positions} were asked for")
+        return CpuStreamCache(self.config.backbone, int(max_positions))
+
+    # ---- backbone ------------------------------------------------------------------------------
+    def prefill(self, cache: CpuStreamCache, tokens, mask) -> np.ndarray:
+        """(T, 33) rows appended to `cache` as one chunk -> the last row's hidden state (Db,) float32."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        mask = np.asarray(mask, dtype=np.bool_)
+        if tokens.ndim != 2 or tokens.shape[1] != self.K + 1 or mask.shape != tokens.shape or not len(tokens):
+            raise InputError(f"prefill takes (T, {self.K + 1}) rows and a mask of the same shape, T >= 1; "
+                             f"got {tokens.shape} and {mask.shape}")
+        self._check_ids(np.where(mask, tokens, 0))
+        x = embed_rows(self.packed, tokens, mask)
+        hidden = backbone_prefill(self.packed, self._product, self.native.rope["backbone"], cache.kv,
+                                  cache.offset, x)
+        cache.offset += len(tokens)
+        return hidden
+
+    # ---- frames --------------------------------------------------------------------------------
+    def frames_from_hidden(self, hidden, draws) -> np.ndarray:
+        """One frame per stream from hidden states (B of (Db,)): codes (B, 32) int32."""
+        h = np.stack([np.asarray(x, dtype=np.float32).reshape(-1) for x in hidden])
+        self._check_draws(draws, len(h))
+        return self.native.depth(h, draws)
+
+    def step(self, caches, codes, draws) -> np.ndarray:
+        """Feed each stream's frame (B, 32) at its cache's offset, then draw its next frame (B, 32)."""
+        codes, positions = self._feed(caches, codes)
+        self._check_draws(draws, len(caches))
+        out = self.native.step(codes, [c.kv for c in caches], positions, draws)
+        for c in caches:
+            c.offset += 1
+        return out
+
+    def step_hidden(self, caches, codes) -> np.ndarray:
+        """Feed each stream's frame and return the backbone states (B, Db) instead of drawing (tests)."""
+        codes, positions = self._feed(caches, codes)
+        hidden = self.native.backbone_step(codes, [c.kv for c in caches], positions)
+        for c in caches:
+            c.offset += 1
+        return hidden
+
+    def start(self, result) -> None:
+        """Nothing to start: the native calls return finished results."""
+
+    def frame_logits(self, hidden, codes) -> np.ndarray:
+        """Teacher-forced logits (B, 32, V) float32 of frames `codes` (B, 32) after states hidden (B, Db)."""
+        h = np.asarray(hidden, dtype=np.float32).reshape(-1, self.config.backbone.dim)
+        codes = np.asarray(codes, dtype=np.int32).reshape(len(h), self.K)
+        _, logits = self.native.depth(h, None, forced=codes, logits=True)
+        return logits
+
+    # ---- checks --------------------------------------------------------------------------------
+    def _feed(self, caches, codes):
+        codes = np.asarray(codes, dtype=np.int32).reshape(len(caches), self.K)
+        V = self.config.audio_vocab_size
+        if codes.size and (codes.min() < 0 or codes.max() >= V):
+            raise InputError(f"audio codes must lie in 0..{V - 1}")
+        for c in caches:
+            if c.offset >= c.max_positions:
+                raise ContextTooLongError(
+                    f"the KV cache holds {c.max_positions} positions and all are used. "
+                    "Shorten the context or the text, or ask for less audio.")
+        if len({id(c) for c in caches}) != len(caches):
+            raise InputError("a stream's cache appears twice in one step")
+        return codes, np.array([c.offset for c in caches], dtype=np.int32)
+
+    def _check_ids(self, tokens: np.ndarray) -> None:
+        V, text = self.config.audio_vocab_size, self.config.text_vocab_size
+        if tokens[:, :self.K].min() < 0 or tokens[:, :self.K].max() >= V:
+            raise InputError(f"audio codes must lie in 0..{V - 1}")
+        if tokens[:, self.K].min() < 0 or tokens[:, self.K].max() >= text:
+            raise InputError(f"text tokens must lie in 0..{text - 1} (this model's text vocabulary)")
+
+    @staticmethod
+    def _check_draws(draws, B: int) -> None:
+        if len(draws) != B:
+            raise InputError(f"{B} streams need {B} draws, got {len(draws)}")
+        for d in draws:
+            if d.temperature is None or d.temperature < 0:
+                raise InputError(f"temperature must be >= 0, got {d.temperature}")

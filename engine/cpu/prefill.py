@@ -1,0 +1,81 @@
+"""The backbone over T prompt rows of one stream on the CPU, in NumPy around multi-row products.
+
+    x = embed_rows(tokens, mask)                       # (T, Db) masked sums of column embeddings
+    for each layer: RMSNorm, q/k/v = x @ W^T, RoPE (adjacent pairs, the frame step's tables),
+                    keys/values into the stream's cache, causal GQA attention, o_proj, SwiGLU
+    hidden = RMSNorm(last row)
+
+The products go through `product(x, weight)`: engine/cpu/gemm.py's blocked kernels where they exist,
+else the frame step's own kernels run over the T rows (each weight row read once for all of them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ContextTooLongError
+from .pack import PackedCSM
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
+    return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32) * weight).astype(np.float32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate adjacent pairs of x (T, heads, head_dim); cos/sin (T, head_dim/2)."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = np.empty_like(x)
+    out[..., 0::2] = even * c - odd * s
+    out[..., 1::2] = even * s + odd * c
+    return out
+
+
+def embed_rows(packed: PackedCSM, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """tokens/mask (T, K+1) -> (T, Db): the masked sum of each row's column embeddings."""
+    K, V = packed.config.audio_num_codebooks, packed.config.audio_vocab_size
+    tokens = np.where(mask, tokens, 0).astype(np.int64)
+    T = tokens.shape[0]
+    audio = packed.audio_embeddings.rows((tokens[:, :K] + np.arange(K) * V).reshape(-1)).reshape(T, K, -1)
+    audio = (audio * mask[:, :K, None]).sum(axis=1)
+    text = packed.text_embeddings.rows(tokens[:, K]) * mask[:, K:]
+    return (audio + text).astype(np.float32)
+
+
+def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, offset: int,
+                     x: np.ndarray) -> np.ndarray:
+    """Rows x (T, Db) at positions offset.. of the cache kv (L, 2, G, cap, hd) -> last hidden (Db,)."""
+    s = packed.backbone
+    a = s.args
+    T = x.shape[0]
+    end = offset + T
+    if end > kv.shape[3]:
+        raise ContextTooLongError(
+            f"the KV cache holds {kv.shape[3]} positions; {offset} are used and {T} more were given. "
+            "Shorten the context or the text, or ask for less audio.")
+    H, G, hd = a.n_heads, a.n_kv_heads, a.head_dim
+    cos, sin = rope_tables
+    cs, sn = cos[offset:end], sin[offset:end]
+    allowed = np.arange(end)[None, :] <= (offset + np.arange(T))[:, None]  # (T, end) causal
+    scale = np.float32(hd ** -0.5)
+    for l, L in enumerate(s.layers):
+        h = rms_norm(x, L.norm1, a.norm_eps)
+        q = rope(product(h, L.q).reshape(T, H, hd), cs, sn)
+        k = rope(product(h, L.k).reshape(T, G, hd), cs, sn)
+        v = product(h, L.v).reshape(T, G, hd)
+        kv[l, 0, :, offset:end] = k.transpose(1, 0, 2)
+        kv[l, 1, :, offset:end] = v.transpose(1, 0, 2)
+        keys, values = kv[l, 0, :, :end], kv[l, 1, :, :end]  # (G, end, hd)
+        qg = q.reshape(T, G, H // G, hd).transpose(1, 2, 0, 3)  # (G, r, T, hd)
+        scores = np.matmul(qg, keys[:, None].transpose(0, 1, 3, 2)) * scale  # (G, r, T, end)
+        scores = np.where(allowed, scores, -np.inf)
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out = np.matmul(scores, values[:, None])  # (G, r, T, hd)
+        out = out.transpose(2, 0, 1, 3).reshape(T, H * hd)
+        x = x + product(out, L.o)
+        h = rms_norm(x, L.norm2, a.norm_eps)
+        gate, up = product(h, L.gate), product(h, L.up)
+        x = x + product((gate / (1.0 + np.exp(-gate)) * up).astype(np.float32), L.down)
+    return rms_norm(x[-1], s.norm, a.norm_eps)
