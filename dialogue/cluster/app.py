@@ -23,7 +23,9 @@ def build_app(settings: ClusterSettings):
     replica = serve.deployment(
         ModelReplica, name="ModelReplica", num_replicas=settings.replicas,
         ray_actor_options={"num_cpus": settings.replica_cpus},
-        max_ongoing_requests=settings.max_queue + 1,
+        # what one replica takes on at once: a batch running plus its queue; Serve's router holds
+        # the rest back and counts these when it picks the least-loaded replica
+        max_ongoing_requests=settings.max_batch + settings.max_queue,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
