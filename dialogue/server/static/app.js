@@ -27,8 +27,8 @@ let keyRequest = null;
 
 function jsonBody(body) {
   // Seeds go up to 2^63-1, past what a JS number holds exactly: a seed typed as digits is sent
-  // as those digits.
-  return JSON.stringify(body).replace(/"seed":"(\d+)"/, '"seed":$1');
+  // as those digits (anything else as the text typed, for the server to refuse in its words).
+  return JSON.stringify(body).replace(/"seed":"(-?\d+)"/, '"seed":$1');
 }
 
 async function readError(res) {
@@ -360,7 +360,7 @@ async function streamAudio(path, body, { signal, onChunk, keep }) {
       out.frames = event.usage ? event.usage.output_tokens : null;
     } else if (event.type === "error") {
       const e = event.error || {};
-      throw new ApiError(e.code === "context_too_long" ? 400 : 500, e.message || "generation failed", e.code);
+      throw new ApiError(0, e.message || "generation failed", e.code); // the stream had begun: 200
     }
   }
   out.endMs = performance.now() - started;
@@ -385,7 +385,7 @@ function generationOptions() {
   const maxLength = parseFloat($("opt-max-length").value);
   if (!Number.isNaN(temperature)) options.temperature = temperature;
   if (!Number.isNaN(topK)) options.top_k = topK;
-  if (seed) options.seed = /^\d+$/.test(seed) ? seed : Number(seed);
+  if (seed) options.seed = seed; // digits become a JSON number in jsonBody()
   if (!Number.isNaN(maxLength)) options.max_audio_length_ms = Math.round(maxLength * 1000);
   return options;
 }
