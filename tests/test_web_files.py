@@ -63,7 +63,11 @@ def test_the_page_and_its_files_need_no_key_and_the_api_still_does(client):
     for name in ("app.js", "app.css", "favicon.svg"):
         reply = bare.get(f"/static/{name}")
         assert reply.status_code == 200 and reply.content == (STATIC_DIR / name).read_bytes()
-    assert "javascript" in bare.get("/static/app.js").headers["content-type"]
+    script = bare.get("/static/app.js")
+    assert "javascript" in script.headers["content-type"]
+    assert script.headers["cache-control"] == "no-cache"  # checked again after an upgrade
+    again = bare.get("/static/app.js", headers={"If-None-Match": script.headers["etag"]})
+    assert again.status_code == 304
     assert bare.get("/static/nothing.js").status_code == 404
     assert bare.get("/v1/voices").status_code == 401
     assert bare.get("/staticx").status_code == 401  # only the page's own paths are open

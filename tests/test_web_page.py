@@ -156,7 +156,7 @@ def page(server, downloads):
 
 
 def wait(driver, condition, timeout: float = TIMEOUT):
-    return WebDriverWait(driver, timeout, poll_frequency=0.02).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
 
 
 def js(driver, script: str, *args):

@@ -26,6 +26,17 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
                            "frame-ancestors 'none'")
 
 
+class _AlwaysRevalidated(StaticFiles):
+    """Static files that a browser checks (a cheap 304 by ETag) before reusing, so a page served
+    after an upgrade never runs last version's script."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
 def is_public_path(path: str) -> bool:
     """The page and its files, which need no API key."""
     return path == PAGE_PATH or path.startswith(STATIC_PREFIX)
@@ -33,7 +44,7 @@ def is_public_path(path: str) -> bool:
 
 def add_web_page(app: FastAPI) -> None:
     """Serve the page at `/` and its files under /static/."""
-    app.mount(STATIC_PREFIX.rstrip("/"), StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(STATIC_PREFIX.rstrip("/"), _AlwaysRevalidated(directory=STATIC_DIR), name="static")
 
     @app.api_route(PAGE_PATH, methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
