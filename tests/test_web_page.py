@@ -159,6 +159,14 @@ def wait(driver, condition, timeout: float = TIMEOUT):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
 
 
+def click(driver, css: str) -> None:
+    """Click once the element is shown and enabled (a button stays disabled until the page has
+    finished what it started, which takes longer on a busy machine)."""
+    element = wait(driver, lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, css)
+                                           if e.is_displayed() and e.is_enabled()), False))
+    element.click()
+
+
 def js(driver, script: str, *args):
     return driver.execute_script(script, *args)
 
@@ -179,7 +187,7 @@ def speak(driver, text: str, max_seconds: str = "2", seed: str = "") -> tuple[di
     field(driver, "speak-text", text)
     field(driver, "opt-max-length", max_seconds)
     field(driver, "opt-seed", seed)
-    driver.find_element(By.ID, "speak-go").click()
+    click(driver, "#speak-go")
     seen = set()
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -240,9 +248,9 @@ def test_stop_hangs_up_and_the_server_cancels_the_generation(page, server):
     before = httpx.get(server.url + "/health").json()["cancelled"]
     field(page, "speak-text", "A long line that the listener stops early.")
     field(page, "opt-max-length", "20")
-    page.find_element(By.ID, "speak-go").click()
+    click(page, "#speak-go")
     wait(page, lambda d: d.find_element(By.ID, "speak-stats").get_attribute("data-state") == "streaming")
-    page.find_element(By.ID, "speak-stop").click()
+    click(page, "#speak-stop")
     wait(page, lambda d: d.find_element(By.ID, "speak-stats").get_attribute("data-state") == "stopped")
     wait(page, lambda d: httpx.get(server.url + "/health").json()["cancelled"] == before + 1)
     assert int(page.find_element(By.ID, "speak-stats").get_attribute("data-chunks")) < 40
@@ -269,9 +277,9 @@ def _turns(driver) -> list[dict]:
 
 
 def _add_turn(driver, speaker: int, text: str, count: int) -> None:
-    driver.find_element(By.CSS_SELECTOR, f"input[name='turn-speaker'][value='{speaker}']").click()
+    click(driver, f"input[name='turn-speaker'][value='{speaker}']")
     field(driver, "turn-text", text)
-    driver.find_element(By.ID, "turn-generate").click()
+    click(driver, "#turn-generate")
     wait(driver, lambda d: len(_turns(d)) == count
          or d.find_element(By.ID, "conv-error").is_displayed())
     assert not driver.find_element(By.ID, "conv-error").is_displayed(), \
@@ -280,7 +288,7 @@ def _add_turn(driver, speaker: int, text: str, count: int) -> None:
 
 def _open_new_session(driver, name: str) -> None:
     field(driver, "session-id", name)
-    driver.find_element(By.ID, "session-create").click()
+    click(driver, "#session-create")
     wait(driver, lambda d: d.find_element(By.ID, "session-title").text == name
          or d.find_element(By.ID, "conv-error").is_displayed())
     assert driver.find_element(By.ID, "session-title").text == name, \
@@ -307,13 +315,13 @@ def test_a_conversation_is_built_replayed_undone_and_downloaded(page, server, do
 
     # replay both turns: each fetched with the page's headers and played from memory
     for index in (0, 1):
-        page.find_element(By.CSS_SELECTOR, f"#turns li[data-index='{index}'] button.play").click()
+        click(page, f"#turns li[data-index='{index}'] button.play")
         wait(page, lambda d: _turns(d)[index]["played"] is not None)
     for shown, kept in zip(_turns(page), stored["turns"]):
         assert float(shown["played"]) == pytest.approx(kept["duration_s"], abs=0.01)
 
     # the whole conversation plays too
-    page.find_element(By.ID, "session-play").click()
+    click(page, "#session-play")
     wait(page, lambda d: d.find_element(By.ID, "session-play").get_attribute("data-played"))
     assert float(page.find_element(By.ID, "session-play").get_attribute("data-played")) == pytest.approx(
         sum(t["duration_s"] for t in stored["turns"]) + 0.3, abs=0.01)
@@ -327,21 +335,21 @@ def test_a_conversation_is_built_replayed_undone_and_downloaded(page, server, do
     pins = httpx.get(server.url + "/v1/sessions/web-test").json()["voices"]
     assert {v["speaker"]: v["voice"] for v in pins}[1] == "conversational_a"
 
-    page.find_element(By.ID, "turn-undo").click()
+    click(page, "#turn-undo")
     wait(page, lambda d: len(_turns(d)) == 1)
     assert httpx.get(server.url + "/v1/sessions/web-test").json()["turn_count"] == 1
     assert "No, tell me everything." in page.find_element(By.ID, "session-note").text
 
     # a recorded turn: the browser's (fake) microphone, through MediaRecorder, as WAV
-    page.find_element(By.CSS_SELECTOR, "input[name='turn-speaker'][value='1']").click()
+    click(page, "input[name='turn-speaker'][value='1']")
     field(page, "turn-text", "This one I said myself.")
-    page.find_element(By.ID, "turn-record").click()
+    click(page, "#turn-record")
     wait(page, lambda d: d.find_element(By.ID, "turn-record").text.startswith("Stop ("))
     time.sleep(1.2)
-    page.find_element(By.ID, "turn-record").click()
+    click(page, "#turn-record")
     wait(page, lambda d: d.find_element(By.ID, "turn-add-recording").is_displayed()
          or d.find_element(By.ID, "conv-error").is_displayed())
-    page.find_element(By.ID, "turn-add-recording").click()
+    click(page, "#turn-add-recording")
     wait(page, lambda d: len(_turns(d)) == 2 or d.find_element(By.ID, "conv-error").is_displayed())
     assert not page.find_element(By.ID, "conv-error").is_displayed(), page.find_element(By.ID, "conv-error").text
     stored = httpx.get(server.url + "/v1/sessions/web-test").json()
@@ -349,7 +357,7 @@ def test_a_conversation_is_built_replayed_undone_and_downloaded(page, server, do
     assert "recorded" in _turns(page)[1]["facts"]
 
     # the whole conversation, as one WAV file
-    page.find_element(By.ID, "session-download").click()
+    click(page, "#session-download")
     target = downloads / "web-test.wav"
     wait(page, lambda d: target.is_file() and target.stat().st_size > 44)
     with wave.open(str(target)) as wav:
@@ -376,21 +384,21 @@ def test_a_voice_is_uploaded_with_the_servers_warnings_and_removed(page, server,
     field(page, "voice-name", "short-tone")
     field(page, "voice-transcript", "A short tone.")
     page.find_element(By.ID, "voice-file").send_keys(str(_clip(tmp_path / "tone.wav", 1.0)))
-    page.find_element(By.ID, "voice-upload").click()
+    click(page, "#voice-upload")
     wait(page, lambda d: d.find_element(By.ID, "voice-warnings").is_displayed()
          or d.find_element(By.ID, "voice-error").is_displayed())
     notes = page.find_element(By.ID, "voice-warnings").text
     assert "Added short-tone" in notes and int(
         page.find_element(By.ID, "voice-warnings").get_attribute("data-warnings")) >= 1
     listed = lambda d: js(d, "return [...document.querySelectorAll('#voice-list li')].map(li => li.dataset.voice);")  # noqa: E731
-    assert "short-tone" in listed(page)
+    assert "short-tone" in listed(page)  # listed before the page says "Added"
     assert "short-tone" in js(page, "return [...document.querySelectorAll('#speak-voice option')].map(o => o.value);")
 
     # the same name again: the server's 409, in the server's words
     field(page, "voice-name", "short-tone")
     field(page, "voice-transcript", "A short tone.")
     page.find_element(By.ID, "voice-file").send_keys(str(tmp_path / "tone.wav"))
-    page.find_element(By.ID, "voice-upload").click()
+    click(page, "#voice-upload")
     wait(page, lambda d: d.find_element(By.ID, "voice-error").is_displayed())
     assert "already exists" in page.find_element(By.ID, "voice-error").text
 
@@ -427,7 +435,7 @@ def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(servers, 
         field(driver, "opt-max-length", "1")
         _open_new_session(driver, "keyed")
         _add_turn(driver, 0, "Keyed turn.", 1)
-        driver.find_element(By.CSS_SELECTOR, "#turns li[data-index='0'] button.play").click()
+        click(driver, "#turns li[data-index='0'] button.play")
         wait(driver, lambda d: _turns(d)[0]["played"] is not None)
         urls = js(driver, "return performance.getEntriesByType('resource').map(e => e.name);")
         assert urls and not any(key in url for url in urls)

@@ -696,14 +696,18 @@ async function uploadVoice(event) {
   try {
     const res = await api("/v1/voices", { method: "POST", form });
     const info = await res.json();
-    const lines = [`Added ${info.id} (${seconds(info.duration_s, 1)}).`, ...(info.warnings || [])];
-    notes.replaceChildren(...lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
-    notes.hidden = false;
-    notes.dataset.warnings = (info.warnings || []).length;
     $("voice-form").reset();
     voiceRecording = null;
     showPreview($("voice-preview"), null);
-    await loadVoices();
+    try {
+      await loadVoices(); // the new voice is listed before the page says it was added
+    } catch (err) {
+      report(error)(err);
+    }
+    const lines = [`Added ${info.id} (${seconds(info.duration_s, 1)}).`, ...(info.warnings || [])];
+    notes.replaceChildren(...lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
+    notes.dataset.warnings = (info.warnings || []).length;
+    notes.hidden = false;
   } catch (err) {
     report(error)(err);
   } finally {
