@@ -1031,7 +1031,8 @@ async function refreshHealth() {
     modelName = health.model || modelName;
     const busy = health.busy || health.queued > 0;
     status.className = `status${busy ? " busy" : ""}`;
-    const state = health.status !== "ok" ? health.status : busy ? `busy, ${health.queued} waiting` : "ready";
+    const streams = health.active_streams ? `${health.active_streams} generating, ` : "";
+    const state = health.status !== "ok" ? health.status : busy ? `busy: ${streams}${health.queued} waiting` : "ready";
     status.replaceChildren(Object.assign(document.createElement("span"), { className: "dot" }),
       `${health.model} · ${state} · ${health.completed ?? 0} requests done`);
   } catch (err) {
