@@ -579,8 +579,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | 
     csm = load_csm(path, dtype=default_dtype(options))
     if quantize is not None:
         if quantized_paths(csm):
-            raise InputError(f"{name_or_path} is already quantized; load it without quantize=, or "
-                             "quantize its float original")
+            raise InputError(f"{name_or_path} is already quantized; load it as it is (without "
+                             "quantize= or --quantize), or quantize its float original")
         quantize_csm(csm, quantize)
     tokenizer = TextTokenizer.from_file(load_tokenizer_path(path))
     codec = load_codec(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from .option_types import OptionType, model_option
+from .option_types import OptionType, load_for_command, model_option, precision_options
 
 from .database import Database
 
@@ -62,6 +62,7 @@ def _read_only(db):
 @click.option("--speaker", type=OptionType("speaker"), default=0, show_default=True,
               help="Who speaks this turn (0, 1, ...).")
 @model_option()
+@precision_options
 @click.option("--voice", help="Pin this preset/registered voice for the speaker (kept for later turns).")
 @click.option("--ref_audio", "--ref-audio", "ref_audio", type=click.Path(exists=True, dir_okay=False),
               help="Pin a voice from this clip for the speaker (needs --ref_text).")
@@ -78,7 +79,7 @@ def _read_only(db):
               help="Backbone positions a prompt may use (default: the model's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write this turn's audio here (WAV or FLAC by extension).")
-def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperature, top_k, seed,
+def say(text, db, session, speaker, model, dtype, quantize, voice, ref_audio, ref_text, temperature, top_k, seed,
         max_audio_length_ms, context_limit, output):
     """Generate SPEAKER saying TEXT as the next turn of a stored conversation.
 
@@ -110,9 +111,7 @@ def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperatu
 
             check_voice_file(ref_audio, what="The reference clip")
             check_voice_clip(load_audio(ref_audio), ref_text.strip(), what="The reference clip")
-        from engine import load_model
-
-        csm = load_model(model)
+        csm = load_for_command(model, dtype, quantize)
         if voice is not None:
             if csm.voices is None:
                 raise click.UsageError(f"this model has no voices, so --voice {voice} is unknown")

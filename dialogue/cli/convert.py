@@ -10,14 +10,16 @@ from pathlib import Path
 
 import click
 
+from engine.constants import QUANTIZE_BITS, QUANTIZE_GROUP_SIZES
+
 from .option_types import model_option
 
 
 @click.command("convert")
 @model_option("Model name or folder to convert.", "--model", "-m")
-@click.option("--quantize", "-q", "bits", type=click.Choice(["8", "6", "5", "4", "3", "2"]), required=True,
+@click.option("--quantize", "-q", "bits", type=click.Choice([str(bits) for bits in QUANTIZE_BITS]), required=True,
               help="Bits per weight (MLX affine quantization; 8 and 4 are the usual choices).")
-@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
+@click.option("--group-size", type=click.Choice([str(size) for size in QUANTIZE_GROUP_SIZES]), default="64", show_default=True,
               help="Weights sharing one scale and bias.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="New folder to write (must not exist or be empty).")

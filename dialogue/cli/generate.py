@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .option_types import OptionType, model_option
+from .option_types import OptionType, load_for_command, model_option, precision_options
 
 NO_VOICE = "none"
 
@@ -89,6 +89,7 @@ def _read_text(text: str | None) -> str:
 
 @click.command("generate")
 @model_option("Model: a Hugging Face id, a local folder, or tiny-random (offline, noise).")
+@precision_options
 @click.option("--text", help="What to say (default: read from standard input).")
 @click.option("--voice", default="conversational_a", show_default=True,
               help="Voice preset or registered voice ('csm voices' lists them); 'none' for no voice prompt.")
@@ -114,7 +115,7 @@ def _read_text(text: str | None) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Audio file to write, WAV or FLAC by extension (default: output.wav unless --play).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(model, text, voice, ref_audio, ref_text, speaker, max_audio_length_ms, temperature, top_k,
+def generate(model, dtype, quantize, text, voice, ref_audio, ref_text, speaker, max_audio_length_ms, temperature, top_k,
              seed, stream, streaming_interval, voice_match, normalize, play, output, quiet) -> None:
     """Speak a line of text with CSM and write it to a WAV/FLAC file (and/or play it)."""
     text = _read_text(text)
@@ -142,9 +143,7 @@ def generate(model, text, voice, ref_audio, ref_text, speaker, max_audio_length_
     pieces: list[np.ndarray] = []
     results = []
     try:
-        from engine import load_model
-
-        csm = load_model(model)
+        csm = load_for_command(model, dtype, quantize)
         for result in csm.generate(
             text=text, voice=voice, speaker=speaker, ref_audio=ref_audio, ref_text=ref_text,
             stream=stream, streaming_interval=streaming_interval,

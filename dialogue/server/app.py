@@ -49,6 +49,8 @@ class ServerSettings:
     max_batch: int = 8  # generation requests whose frames are computed together
     kv_cache_gb: float | None = None  # KV caches kept for sessions (None: sized from the machine)
     max_audio_ms: float | None = None  # the most audio one request may ask for
+    dtype: str | None = None  # load_model(dtype=): the float weights' dtype (None: the device's)
+    quantize: int | None = None  # load_model(quantize=): bits to quantize to at load (None: as stored)
 
 
 class ServerState:
@@ -57,7 +59,8 @@ class ServerState:
     def __init__(self, settings: ServerSettings, model=None) -> None:
         self.settings = settings
         cache_bytes = None if settings.kv_cache_gb is None else int(settings.kv_cache_gb * 1024**3)
-        self.backend = Backend(settings.model, settings.db, model=model, cache_bytes=cache_bytes)
+        self.backend = Backend(settings.model, settings.db, model=model, cache_bytes=cache_bytes,
+                               dtype=settings.dtype, quantize=settings.quantize)
         self.worker = Worker(max_queue=settings.max_queue, on_exit=self.backend.release_thread,
                              max_batch=settings.max_batch)
         self.ready = False
@@ -80,8 +83,10 @@ class ServerState:
 def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
                max_queue: int = 8, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                api_key: str | None = None, loaded_model=None, max_batch: int = 8,
-               kv_cache_gb: float | None = None, max_audio_ms: float | None = None) -> FastAPI:
-    """The server application. `loaded_model` skips loading (it must not be used elsewhere).
+               kv_cache_gb: float | None = None, max_audio_ms: float | None = None,
+               dtype: str | None = None, quantize: int | None = None) -> FastAPI:
+    """The server application. `loaded_model` skips loading (it must not be used elsewhere);
+    `dtype`, `quantize`: as load_model takes them, for the model loaded by name.
     `max_batch`: requests generated together (1: one at a time); `kv_cache_gb`: KV caches kept
     for sessions; `max_audio_ms`: the most audio one request may ask for."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
@@ -90,7 +95,7 @@ def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
     settings = ServerSettings(model=model, db=db, max_queue=max_queue,
                               max_upload_bytes=max_upload_bytes, api_key=api_key,
                               max_batch=max_batch, kv_cache_gb=kv_cache_gb,
-                              max_audio_ms=max_audio_ms)
+                              max_audio_ms=max_audio_ms, dtype=dtype, quantize=quantize)
     state = ServerState(settings, model=loaded_model)
 
     @asynccontextmanager

@@ -42,9 +42,11 @@ class Backend:
     """Model, store and conversations; used only from the worker thread."""
 
     def __init__(self, model_name: str, db_path: str | Path | None, model=None,
-                 cache_bytes: int | None = None) -> None:
+                 cache_bytes: int | None = None, dtype: str | None = None,
+                 quantize: int | None = None) -> None:
         self.model_name = model_name
         self.cache_bytes = cache_bytes
+        self.dtype, self.quantize = dtype, quantize  # for load_model, when no model is given
         from storage import is_postgres_url
 
         # an SQLite file, or a postgresql:// URL (kept as given: a Path would mangle it)
@@ -58,7 +60,8 @@ class Backend:
         if self.model is None:
             from engine import load_model
 
-            self.model = load_model(self.model_name, cache_bytes=self.cache_bytes)
+            self.model = load_model(self.model_name, dtype=self.dtype, quantize=self.quantize,
+                                    cache_bytes=self.cache_bytes)
         elif self.cache_bytes is not None:
             self.model.generator.streams.budget_bytes = self.cache_bytes
         if self.db_path is not None:
