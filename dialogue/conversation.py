@@ -39,7 +39,6 @@ from .budget import Window, choose_window
 from engine.constants import DEFAULT_MODEL
 
 DEFAULT_MAX_AUDIO_LENGTH_MS = 90_000
-DEFAULT_CONTEXT_LIMIT = 2048  # CSM-1B's backbone positions, when the model does not say
 MIN_TURN_ROWS = 80  # a short line's text rows and ~5 s of frames: room a pinned voice must leave
 
 
@@ -179,8 +178,7 @@ class Conversation:
     @property
     def limit(self) -> int:
         """Backbone positions a prompt may use, including the frames to be generated."""
-        positions = getattr(self.model, "max_positions", None)
-        positions = int(positions) if positions else DEFAULT_CONTEXT_LIMIT
+        positions = self.model.max_positions
         if self.context_limit is not None:  # a tighter budget (tests, memory); never a wider one
             return min(int(self.context_limit), positions)
         return positions
@@ -472,7 +470,7 @@ class Conversation:
                     first = result
                 if result.audio is not None:
                     chunks.append(np.asarray(result.audio, dtype=np.float32).reshape(-1))
-                codes = _result_codes(result, codes)
+                codes = np.asarray(result.frames, dtype=np.int32)  # the utterance so far
                 if result.is_final:
                     stored.append(self._store_generated(
                         speaker, result.text, codes, chunks, result, first, plan, params, meta,
@@ -481,21 +479,19 @@ class Conversation:
                 yield result
         finally:
             self._turn_in_flight = False
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
+            results.close()
 
     def _store_generated(self, speaker, spoken, codes, chunks, result, first, plan, params, meta, wall,
                          revision=None):
         audio = np.concatenate(chunks) if chunks else None
         timing = {
-            "time_to_first_audio": _float(getattr(first, "time_to_first_audio", None)),
-            "real_time_factor": _float(getattr(result, "real_time_factor", None)),
-            "audio_duration": _float(getattr(result, "audio_duration", None)),
-            "prefill_tokens": _int(getattr(first, "prefill_tokens", None)),
-            "cached_tokens": _int(getattr(first, "cached_tokens", None)),
-            "peak_memory": _float(getattr(result, "peak_memory", None)),
-            "stop_reason": getattr(result, "stop_reason", None),
+            "time_to_first_audio": float(first.time_to_first_audio),
+            "real_time_factor": float(result.real_time_factor),
+            "audio_duration": float(result.audio_duration),
+            "prefill_tokens": int(first.prefill_tokens),
+            "cached_tokens": int(first.cached_tokens),
+            "peak_memory": float(result.peak_memory),
+            "stop_reason": result.stop_reason,
             "wall_seconds": round(wall, 6),
             "prompt_rows": plan.window.pinned_rows + plan.window.history_rows + plan.text_rows,
             "pruned": plan.window.pruned,
@@ -519,8 +515,7 @@ class Conversation:
         return self.store.append_turn(
             self.session, speaker=speaker, text=spoken, codes=codes, source="generated",
             audio=audio if (self.store_audio and audio is not None) else None,
-            sample_rate=int(getattr(result, "sample_rate", SAMPLE_RATE) or SAMPLE_RATE),
-            params=params, seed=getattr(result, "seed", None), timing=timing, meta=meta,
+            sample_rate=int(result.sample_rate), params=params, seed=result.seed, timing=timing, meta=meta,
             window_start=plan.window.start, expected_revision=revision,
         )
 
@@ -629,7 +624,7 @@ class Conversation:
         return codes
 
     def _preset(self, name: str):
-        library = getattr(self.model, "voices", None)
+        library = self.model.voices
         if library is None:
             raise VoiceError(f"this model has no voice presets; use ref_audio + ref_text instead of {name!r}")
         voice = library.get(name)
@@ -655,21 +650,3 @@ def _load_audio(source) -> np.ndarray:
             f"{samples.dtype} {samples.shape}; use engine.audio.load_audio() to convert"
         )
     return samples.astype(np.float32, copy=False)
-
-
-def _result_codes(result, previous) -> np.ndarray:
-    """All frames of the utterance so far: `frames` when the result carries it, else the chunks
-    joined."""
-    frames = getattr(result, "frames", None)
-    if frames is not None:
-        return np.asarray(frames, dtype=np.int32).reshape(-1, 32)
-    chunk = np.asarray(result.codes, dtype=np.int32).reshape(-1, 32)
-    return chunk if previous is None else np.concatenate([previous, chunk])
-
-
-def _float(value):
-    return None if value is None else float(value)
-
-
-def _int(value):
-    return None if value is None else int(value)

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import io
-import math
 import os
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AudioError
-from engine.constants import SAMPLES_PER_FRAME, SAMPLE_RATE
+from engine.constants import SAMPLE_RATE
 
 MIN_GOOD_RATE = 16_000
 READABLE = "WAV, FLAC, OGG (Vorbis/Opus), MP3, AIFF and the other formats libsndfile reads"
@@ -344,34 +343,3 @@ def save_audio(path, audio, sample_rate: int = SAMPLE_RATE, *, subtype: str | No
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, int(sample_rate), format=fmt, subtype=subtype)
     return path
-
-
-def audio_to_bytes(audio, sample_rate: int = SAMPLE_RATE, format: str = "wav") -> bytes:
-    """Encode 1-D audio as WAV or FLAC bytes (16-bit PCM), e.g. for an HTTP response or a blob."""
-    import soundfile as sf
-
-    fmt = WRITABLE.get("." + format.lower().lstrip("."))
-    if fmt is None:
-        raise AudioError(f"Cannot encode audio as {format!r}: use 'wav' or 'flac'")
-    samples = np.clip(_pcm_ready(audio, "audio"), -1.0, 1.0)
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, int(sample_rate), format=fmt, subtype="PCM_16")
-    return buffer.getvalue()
-
-
-# ------------------------------------------------------------------------------- durations
-
-def duration_seconds(audio_or_samples, sample_rate: int = SAMPLE_RATE) -> float:
-    """Seconds of 1-D audio (or of a number of samples) at `sample_rate`."""
-    n = audio_or_samples if isinstance(audio_or_samples, (int, np.integer)) else len(_as_numpy(audio_or_samples))
-    return int(n) / float(sample_rate)
-
-
-def frames_for_samples(num_samples: int, frame_size: int = SAMPLES_PER_FRAME) -> int:
-    """Mimi frames that `num_samples` samples at 24 kHz encode to (the last one partial)."""
-    return math.ceil(int(num_samples) / frame_size)
-
-
-def samples_for_frames(num_frames: int, frame_size: int = SAMPLES_PER_FRAME) -> int:
-    """Samples that `num_frames` Mimi frames decode to at 24 kHz."""
-    return int(num_frames) * frame_size

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
+from engine.constants import SAMPLE_RATE
+
 from .option_types import OptionType, load_for_command, model_option, precision_options
 
 NO_VOICE = "none"
-
-
 
 
 class _FrameBar:
@@ -139,7 +139,7 @@ def generate(model, dtype, quantize, text, voice, ref_audio, ref_text, speaker, 
         except CSMError as error:
             raise click.ClickException(str(error)) from None
     bar = _FrameBar(enabled=not quiet)
-    player = _Player(24_000, only_output=output is None) if play else None  # before any work
+    player = _Player(SAMPLE_RATE, only_output=output is None) if play else None  # before any work
     pieces: list[np.ndarray] = []
     results = []
     try:
@@ -169,7 +169,7 @@ def generate(model, dtype, quantize, text, voice, ref_audio, ref_text, speaker, 
             player.close()
 
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    sample_rate = results[0].sample_rate if results else 24_000
+    sample_rate = results[0].sample_rate if results else SAMPLE_RATE
     if output is not None:
         from engine.audio import save_audio
 
@@ -236,8 +236,8 @@ def voices(ctx: click.Context, model: str) -> None:
         except CSMError as error:  # one broken voice does not hide the others
             rows.append((name, "broken", "", str(error).splitlines()[0][:60]))
             continue
-        seconds = len(voice.audio) / 24_000 if getattr(voice, "audio", None) is not None else 0.0
-        kind = getattr(voice, "source", None) or ""
+        seconds = len(voice.audio) / SAMPLE_RATE
+        kind = voice.source
         text = voice.text if len(voice.text) <= 60 else voice.text[:59] + "…"
         rows.append((name, kind, f"{seconds:.1f} s", text))
     if not rows:

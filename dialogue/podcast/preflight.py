@@ -70,9 +70,7 @@ def script_problems(script: Script, model=None, *, model_name: str | None = None
     problems: list[tuple[int | None, str]] = []
     tokenizer, library, positions = None, None, DEFAULT_POSITIONS
     if model is not None:
-        tokenizer = getattr(model, "tokenizer", None)
-        library = getattr(model, "voices", None)
-        positions = int(getattr(model, "max_positions", DEFAULT_POSITIONS) or DEFAULT_POSITIONS)
+        tokenizer, library, positions = model.tokenizer, model.voices, model.max_positions
     else:
         folder = _local_folder(model_name)
         tokenizer = _local_tokenizer(folder)

@@ -143,11 +143,7 @@ def _check_voices(script: Script, model) -> list[dict]:
 
 
 def _voice_names(model) -> set[str] | None:
-    library = getattr(model, "voices", None)
-    if library is None:
-        return None
-    names = library.names() if callable(getattr(library, "names", None)) else library
-    return set(names)
+    return None if model.voices is None else set(model.voices.names())
 
 
 def _voice_identity(speaker: Speaker) -> dict:
@@ -175,10 +171,9 @@ def _effective_seed(line: Line, show_seed: int) -> int:
 
 def _model_identity(model) -> str | None:
     """Which model renders: its resolved folder (else its name), so a switch renders again."""
-    path = getattr(model, "path", None)
-    if path is not None:
-        return str(Path(path).resolve())
-    return getattr(model, "name", None) or None
+    if model.path is not None:
+        return str(Path(model.path).resolve())
+    return model.name or None
 
 
 def _line_identity(script: Script, line: Line, show_seed: int, voices: list[dict], model: str | None) -> dict:

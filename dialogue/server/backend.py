@@ -30,12 +30,8 @@ class AudioChunk:
 
 def _chunk_from_result(result) -> AudioChunk:
     audio = np.asarray(result.audio, dtype=np.float32).reshape(-1)  # MLX -> numpy, here
-    codes = getattr(result, "codes", None)
-    frames = int(codes.shape[0]) if codes is not None and getattr(codes, "ndim", 0) == 2 else 0
-    prompt = int(getattr(result, "prefill_tokens", 0) or 0) + int(
-        getattr(result, "cached_tokens", 0) or 0)
-    return AudioChunk(audio=audio, seed=getattr(result, "seed", None), frames=frames,
-                      prompt_tokens=prompt)
+    return AudioChunk(audio=audio, seed=result.seed, frames=int(result.codes.shape[0]),
+                      prompt_tokens=int(result.prompt_tokens))
 
 
 class Backend:
@@ -53,6 +49,7 @@ class Backend:
         self.db_path = db_path if db_path is None or is_postgres_url(db_path) else Path(db_path)
         self.model = model
         self.store = None
+        self._local_voices = None  # the model's own voice library while DatabaseVoices stands in
         self._conversations: dict[str, Any] = {}
 
     # -- start-up ----------------------------------------------------------------------------
@@ -66,7 +63,7 @@ class Backend:
             self.model.generator.streams.budget_bytes = self.cache_bytes
         if self.db_path is not None:
             self.store = self.open_store()
-            if self.store.shares_voices and getattr(self.model, "voices", None) is not None:
+            if self.store.shares_voices and self.model.voices is not None:
                 # a shared database (PostgreSQL) keeps the uploaded voices, so that every replica
                 # of this server sees them; an SQLite file leaves them in the local folder
                 from dialogue.shared_voices import DatabaseVoices
@@ -80,8 +77,7 @@ class Backend:
 
     def cached_sessions(self) -> int:
         """Conversations whose KV cache the generator holds (anonymous requests share one)."""
-        generator = getattr(self.model, "generator", None)
-        return len(generator.streams) if generator is not None else 0
+        return len(self.model.generator.streams) if self.model is not None else 0
 
     def open_store(self):
         from storage import open_store
@@ -101,7 +97,7 @@ class Backend:
 
     def close(self) -> None:
         self._conversations.clear()
-        if getattr(self, "_local_voices", None) is not None:
+        if self._local_voices is not None:
             self.model.voices, self._local_voices = self._local_voices, None
         if self.store is not None:
             self.store.close()
