@@ -1,7 +1,10 @@
-"""Tiny random CSM models in the real on-disk formats, for tests, notebooks and the `tiny-random` name.
+"""Random CSM models: tiny ones in the real on-disk formats (for tests, notebooks and the
+`tiny-random` name), and networks of any size in memory (for benchmarks and tests).
 
     folder = write_tiny_csm(tmp, layout="transformers")   # or "sesame", "mlx" (quantize={...})
     path = tiny_random_path()                             # $CSM_HOME/tiny-random, built once
+    model = random_csm(quantizable_tiny_config())         # in memory; random_csm(csm_1b_config()): full size
+    tokens, mask = random_prompt(16, model.config)        # prompt rows like a voice prompt
 
 A tiny model folder holds everything the product needs, so every feature runs offline on it (its
 audio is noise: the weights are random):
@@ -34,7 +37,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from engine.constants import csm_home
 from engine.csm import CSM, CSMConfig
@@ -81,6 +84,77 @@ def random_csm_weights(config: CSMConfig, seed: int = 0) -> dict[str, np.ndarray
             w = scale * rng.standard_normal(shape) / np.sqrt(shape[1])
         weights[name] = w.astype(np.float32)
     return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory random networks of any size (benchmarks and tests) and random prompts
+
+
+def quantizable_tiny_config() -> CSMConfig:
+    """A small CSM whose every layer quantizes at the default group size of 64 (widths 128 and 64),
+    with the real audio vocabulary and codebook count (so sampling costs the same shape): the
+    benchmark's `--size tiny`, and the quantization and CPU-kernel tests."""
+    scaling = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    backbone = LlamaArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=256,
+                         rope_scaling=scaling, max_seq_len=512)
+    decoder = LlamaArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128,
+                        rope_scaling=scaling, max_seq_len=512)
+    return CSMConfig(backbone=backbone, decoder=decoder, text_vocab_size=512, max_seq_len=512)
+
+
+def random_csm(config: CSMConfig | None = None, dtype=mx.float32, seed: int = 0, std: float = 0.02) -> CSM:
+    """A CSM with random normal weights (norms at 1), made directly in `dtype` on the device, in
+    memory (write_tiny_csm writes a model folder). `config`: default tiny_csm_config(); the benchmark
+    passes csm_1b_config() for the full size.
+
+    Drawing 1.5 B normal numbers costs minutes on a small CPU, so every tensor is cut from one pool
+    of (up to) 2^24 + 43 draws at a random offset; the pool length divides no row length, so no two rows are
+    equal. For timing (and for quantization error on random weights) that is as good as fresh draws.
+    """
+    model = CSM(config or tiny_csm_config())
+    params = tree_flatten(model.parameters())
+    pool_size = min(1 << 24, max(p.size for _, p in params) // 4) + 43
+    pool = mx.random.normal((pool_size,), dtype=dtype, scale=std, key=mx.random.key(seed))
+    mx.eval(pool)
+    rng = np.random.default_rng(seed)
+    new = []
+    for name, p in params:
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            value = mx.ones(p.shape, dtype=dtype)
+        else:
+            value = _cut(pool, int(rng.integers(0, pool_size)), p.size).reshape(p.shape)
+        mx.eval(value)  # one tensor at a time: the peak stays near the model's size
+        new.append((name, value))
+    model.update(tree_unflatten(new))
+    return model
+
+
+def _cut(pool: mx.array, start: int, size: int) -> mx.array:
+    """`size` values of `pool` read cyclically from `start`, in a buffer of their own (a slice of a
+    tiled pool would keep the whole tiled buffer alive)."""
+    n = pool.shape[0]
+    parts, left = [], size
+    while left > 0:
+        take = min(left, n - start)
+        parts.append(pool[start : start + take])
+        left -= take
+        start = 0
+    return parts[0] + 0 if len(parts) == 1 else mx.concatenate(parts)
+
+
+def random_prompt(rows: int, config: CSMConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` prompt rows like a voice prompt: a text segment (1 in 4 rows) then audio rows."""
+    rng = np.random.default_rng(seed)
+    K = config.audio_num_codebooks
+    tokens = np.zeros((rows, K + 1), np.int32)
+    mask = np.zeros((rows, K + 1), np.bool_)
+    n_text = max(1, rows // 4)
+    tokens[:n_text, K] = rng.integers(0, config.text_vocab_size, n_text)
+    mask[:n_text, K] = True
+    tokens[n_text:, :K] = rng.integers(0, 2048, (rows - n_text, K))
+    mask[n_text:, :K] = True
+    return tokens, mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +331,6 @@ def write_tiny_csm(folder, layout: str = "transformers", seed: int = 0, with_cod
     return folder
 
 
-
 def tiny_random_path() -> Path:
     """$CSM_HOME/tiny-random (transformers layout), built on first use. The build happens in a temporary
     folder renamed into place, so a crash or a second process never sees half a model."""
@@ -288,6 +361,6 @@ def tiny_random_path() -> Path:
 
 
 __all__ = [
-    "tiny_csm_config", "random_csm_weights", "weights_in_layout", "transformers_config", "flavors_config",
+    "tiny_csm_config", "random_csm_weights", "quantizable_tiny_config", "random_csm", "random_prompt", "weights_in_layout", "transformers_config", "flavors_config",
     "save_csm", "write_prompts", "write_tiny_csm", "tiny_random_path",
 ]
