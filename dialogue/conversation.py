@@ -30,13 +30,15 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from engine.audio import resample, save_audio
+from engine.audio import load_audio, resample, save_audio
+from engine.constants import DEFAULT_MODEL
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
+from engine.option_checks import OPTIONS, check_option, check_options
 from engine.segment import SAMPLE_RATE, Segment
+from engine.voices import check_voice_clip, check_voice_file
 from storage import ConcurrentWriteError, SessionNotFoundError, Store, StoredSegment
 
 from .budget import Window, choose_window
-from engine.constants import DEFAULT_MODEL
 
 DEFAULT_MAX_AUDIO_LENGTH_MS = 90_000
 MIN_TURN_ROWS = 80  # a short line's text rows and ~5 s of frames: room a pinned voice must leave
@@ -170,7 +172,7 @@ class Conversation:
     def model(self):
         """The CSMModel (loaded on first access when a name or nothing was given)."""
         if self._model is None or isinstance(self._model, (str, Path)):
-            from engine import load_model
+            from engine import load_model  # lazy: MLX only once a model is needed (not for replay)
 
             self._model = load_model(str(self._model or DEFAULT_MODEL))
         return self._model
@@ -207,8 +209,6 @@ class Conversation:
 
     def audio(self, pause_s: float = 0.0) -> np.ndarray:
         """All turns' audio joined (float32, 24 kHz), with `pause_s` of silence between turns."""
-        from engine.option_checks import OPTIONS
-
         pause_s = OPTIONS["pause"].check(pause_s, "pause_s")
         clips = [self._turn_audio(row) for row in self._synced_turns()]
         if not clips:
@@ -257,8 +257,6 @@ class Conversation:
                     "ref_audio needs ref_text, the words spoken in the clip: the voice prompt is "
                     "the clip's text followed by its audio"
                 )
-            from engine.voices import check_voice_clip, check_voice_file
-
             if isinstance(ref_audio, (str, Path)):
                 check_voice_file(ref_audio, what="The reference clip")  # before decoding it
             audio = _load_audio(ref_audio)
@@ -408,8 +406,6 @@ class Conversation:
 
     def _generate(self, speaker, text, *, stream, temperature, top_k, seed, max_audio_length_ms,
                   meta, streaming_interval=0.5, stored=None) -> Iterator:
-        from engine.option_checks import check_options
-
         speaker = _check_speaker(speaker)
         if not isinstance(text, str) or not text.strip():
             raise InputError("The text to speak is empty; give at least one word.")
@@ -632,16 +628,12 @@ class Conversation:
 
 
 def _check_speaker(speaker) -> int:
-    from engine.option_checks import check_option
-
     return check_option("speaker", speaker)
 
 
 def _load_audio(source) -> np.ndarray:
     """A path (any format/rate/channels, via engine.audio) or a 1-D float array at 24 kHz."""
     if isinstance(source, (str, Path)):
-        from engine.audio import load_audio
-
         return np.asarray(load_audio(source), dtype=np.float32).reshape(-1)
     samples = np.asarray(source)
     if samples.ndim != 1 or samples.size == 0 or not np.issubdtype(samples.dtype, np.floating):

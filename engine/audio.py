@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 
-from engine.errors import AudioError
 from engine.constants import SAMPLE_RATE
+from engine.errors import AudioError
 
 MIN_GOOD_RATE = 16_000
 READABLE = "WAV, FLAC, OGG (Vorbis/Opus), MP3, AIFF and the other formats libsndfile reads"
@@ -50,7 +54,7 @@ def _as_numpy(audio) -> np.ndarray:
     if isinstance(audio, np.ndarray):
         return audio
     if type(audio).__module__.startswith("mlx"):
-        import mlx.core as mx
+        import mlx.core as mx  # lazy: reading and writing audio needs no MLX (replay, the CLI's checks)
 
         if audio.dtype == mx.bfloat16:
             audio = audio.astype(mx.float32)
@@ -111,8 +115,6 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> n
     audio = np.asarray(audio, dtype=np.float32)
     if int(from_rate) == int(to_rate):
         return audio
-    import soxr
-
     return np.ascontiguousarray(soxr.resample(audio, int(from_rate), int(to_rate), quality="HQ"), np.float32)
 
 
@@ -152,8 +154,6 @@ def _describe(source) -> str:
 
 
 def _read_file(source, name: str | None = None):
-    import soundfile as sf
-
     what = name or _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
@@ -178,8 +178,6 @@ def _read_file(source, name: str | None = None):
 def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
     """(bytes the WAV header's data chunk promises, bytes the file holds after it), when the file
     is a RIFF WAV that holds fewer than promised (a truncated download or copy); else None."""
-    import struct
-
     try:
         with open(path, "rb") as handle:
             head = handle.read(12)
@@ -205,8 +203,6 @@ def probe_audio(source, *, name: str | None = None):
     """What a file holds, from its header only (nothing is decoded): soundfile's info object
     with `.duration` (seconds), `.frames`, `.samplerate`, `.channels`. AudioError when it is not
     readable audio. `name` replaces the path in messages (e.g. "the uploaded clip")."""
-    import soundfile as sf
-
     what = name or _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
@@ -249,8 +245,6 @@ def check_output_path(path) -> Path:
     """Check, before any work is done, that audio can be written to `path`: a .wav or .flac name,
     not a folder, and a folder that exists (or can be made) and takes new files. AudioError
     otherwise. Nothing is left behind."""
-    import tempfile
-
     path = Path(path).expanduser()
     if path.suffix.lower() not in WRITABLE:
         raise AudioError(f"Cannot write {str(path)!r}: use a .wav or .flac file name "
@@ -325,8 +319,6 @@ def save_audio(path, audio, sample_rate: int = SAMPLE_RATE, *, subtype: str | No
     16-bit PCM by default, float input clipped to [-1, 1]. `subtype="FLOAT"` keeps 32-bit floats
     (WAV only). Parent folders are created.
     """
-    import soundfile as sf
-
     path = Path(path).expanduser()
     fmt = WRITABLE.get(path.suffix.lower())
     if fmt is None:

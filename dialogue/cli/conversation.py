@@ -19,9 +19,14 @@ from pathlib import Path
 
 import click
 
-from .option_types import OptionType, load_for_command, model_option, precision_options
+from engine.errors import CSMError
 
 from .database import Database
+from .option_types import OptionType, load_for_command, model_option, precision_options
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
+
 
 EXISTING_DB = Database(existing=True)
 
@@ -29,7 +34,6 @@ EXISTING_DB = Database(existing=True)
 @contextlib.contextmanager
 def _user_errors():
     """The package's own errors become one-line CLI errors (no traceback)."""
-    from engine.errors import CSMError
     from storage import StorageError
 
     try:

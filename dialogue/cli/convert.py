@@ -11,8 +11,12 @@ from pathlib import Path
 import click
 
 from engine.constants import QUANTIZE_BITS, QUANTIZE_GROUP_SIZES
+from engine.errors import CSMError
 
 from .option_types import model_option
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
 
 
 @click.command("convert")
@@ -25,7 +29,6 @@ from .option_types import model_option
               help="New folder to write (must not exist or be empty).")
 def convert(model: str, bits: str, group_size: str, output: Path) -> None:
     """Quantize a model's weights and write a model folder that every command can load (--model OUT)."""
-    from engine.errors import CSMError
     from engine.checkpoints.convert import write_quantized_model
 
     try:

@@ -8,8 +8,13 @@ from pathlib import Path
 import click
 
 from engine.constants import SAMPLE_RATE
+from engine.errors import CSMError
 
 from .option_types import OptionType, load_for_command, model_option, precision_options
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
+
 
 NO_VOICE = "none"
 
@@ -129,8 +134,6 @@ def generate(model, dtype, quantize, text, voice, ref_audio, ref_text, speaker, 
 
     import numpy as np
 
-    from engine.errors import CSMError
-
     if output is not None:  # before any work: a place that cannot be written fails now
         from engine.audio import check_output_path
 
@@ -202,7 +205,6 @@ def _summary(results, audio, sample_rate: int, output: Path | None) -> str:
 def _library(model: str | None):
     """(VoiceLibrary, note): the model's presets and the registered voices; when the model cannot
     be found (not downloaded, offline), the registered voices alone and a note saying why."""
-    from engine.errors import CSMError
     from engine.voices import VoiceLibrary
 
     if model is None:
@@ -226,8 +228,6 @@ def voices(ctx: click.Context, model: str) -> None:
     """List voice presets and registered voices; 'csm voices add' registers one."""
     if ctx.invoked_subcommand is not None:
         return
-    from engine.errors import CSMError
-
     library, note = _library(model)
     rows = []
     for name in library.names():
@@ -259,8 +259,6 @@ def voices(ctx: click.Context, model: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a registered voice of the same name.")
 def voices_add(name: str, audio: str, text: str, speaker: int | None, overwrite: bool) -> None:
     """Register a voice NAME from a clip and its transcript (usable as --voice NAME)."""
-    from engine.errors import CSMError
-
     try:
         library, _ = _library(None)
         voice = library.register(name, audio, text, speaker=speaker, overwrite=overwrite)
@@ -273,8 +271,6 @@ def voices_add(name: str, audio: str, text: str, speaker: int | None, overwrite:
 @click.argument("name")
 def voices_remove(name: str) -> None:
     """Delete the registered voice NAME (presets cannot be removed)."""
-    from engine.errors import CSMError
-
     try:
         library, _ = _library(None)
         library.remove(name)

@@ -12,7 +12,12 @@ from __future__ import annotations
 import click
 
 from engine.constants import DEFAULT_MODEL, QUANTIZE_BITS
+from engine.errors import InputError
+from engine.option_checks import OPTIONS
 from engine.options import DTYPE_NAMES
+
+# `csm --help` imports this module: MLX (load_model) is imported inside load_for_command.
+
 
 MODEL_ENV = "CSM_MODEL"  # the default model of every command (a hub id, a folder, tiny-random)
 
@@ -44,8 +49,6 @@ def load_for_command(model: str, dtype: str | None, quantize: int | None, **kwar
     """engine.load_model with a command's --dtype and --quantize. An option the model refuses
     (--quantize on a model that is already quantized) is a one-line usage error."""
     from engine import load_model
-    from engine.errors import InputError
-
     try:
         return load_model(model, dtype=dtype, quantize=quantize, **kwargs)
     except InputError as error:
@@ -54,14 +57,10 @@ def load_for_command(model: str, dtype: str | None, quantize: int | None, **kwar
 
 class OptionType(click.ParamType):
     def __init__(self, option: str):
-        from engine.option_checks import OPTIONS
-
         self.option = OPTIONS[option]
         self.name = "integer" if self.option.kind is int else "float"
 
     def convert(self, value, param, ctx):
-        from engine.errors import InputError
-
         if value is None:
             return None
         try:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
+from engine.errors import CSMError
+
 from .option_types import load_for_command, model_option, precision_options
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
 
 
 @click.command("podcast")
@@ -30,7 +35,6 @@ def podcast(script: Path, output: Path | None, db: Path | None, session: str | N
     stops, the same command continues from the first line not yet rendered; an edited line is
     rendered again together with the lines after it.
     """
-    from engine.errors import CSMError
     from dialogue.podcast import load_script, render
     from dialogue.podcast.preflight import script_problems
 

@@ -6,12 +6,19 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import click
 
+from engine.errors import CSMError, InputError
+
 from .database import Database
 from .option_types import model_option, precision_options
+from .serve_cluster import serve_replicas
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
 
 
 def _is_loopback(host: str) -> bool:
@@ -29,8 +36,6 @@ API_KEY_ENV = "CSM_API_KEY"
 def _api_key(given: str | None, key_file: Path | None) -> str | None:
     """The one API key from --api-key, --api-key-file or $CSM_API_KEY (None: no authentication).
     An empty key is refused: it would silently turn authentication off."""
-    import os
-
     sources = []
     if given is not None:
         sources.append(("--api-key", given))
@@ -136,14 +141,11 @@ def serve(model: str, dtype: str | None, quantize: int | None, db: Path | None, 
         if dtype is not None or quantize is not None:  # the replicas load the model as stored
             raise click.UsageError("--dtype and --quantize apply to one server process; with "
                                    "--replicas, serve a converted model (csm convert --quantize N)")
-        from .serve_cluster import serve_replicas
-
         serve_replicas(model=model, db=db, host=host, port=port, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
                        replicas=replicas or 1, ray_address=ray_address, replica_cpus=replica_cpus,
                        max_batch=max_batch, kv_cache_gb=kv_cache_gb, max_audio_ms=max_audio_ms)
         return
-    from engine.errors import CSMError, InputError
     from storage import StorageError
 
     app = create_app(model, db, dtype=dtype, quantize=quantize, max_queue=max_queue,

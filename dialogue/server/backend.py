@@ -7,12 +7,23 @@ ever touched by the HTTP side.
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from dialogue.conversation import Conversation
+from dialogue.shared_voices import DatabaseVoices
+from engine import load_model
+from engine.audio import check_duration, load_audio
+from engine.errors import AudioError
+from engine.option_checks import OPTIONS
+from engine.voices import check_voice_clip, check_voice_file, clip_warnings
+from storage import is_postgres_url, open_store
 
 from .errors import APIError
 
@@ -43,8 +54,6 @@ class Backend:
         self.model_name = model_name
         self.cache_bytes = cache_bytes
         self.dtype, self.quantize = dtype, quantize  # for load_model, when no model is given
-        from storage import is_postgres_url
-
         # an SQLite file, or a postgresql:// URL (kept as given: a Path would mangle it)
         self.db_path = db_path if db_path is None or is_postgres_url(db_path) else Path(db_path)
         self.model = model
@@ -55,8 +64,6 @@ class Backend:
     # -- start-up ----------------------------------------------------------------------------
     def load(self) -> None:
         if self.model is None:
-            from engine import load_model
-
             self.model = load_model(self.model_name, dtype=self.dtype, quantize=self.quantize,
                                     cache_bytes=self.cache_bytes)
         elif self.cache_bytes is not None:
@@ -66,8 +73,6 @@ class Backend:
             if self.store.shares_voices and self.model.voices is not None:
                 # a shared database (PostgreSQL) keeps the uploaded voices, so that every replica
                 # of this server sees them; an SQLite file leaves them in the local folder
-                from dialogue.shared_voices import DatabaseVoices
-
                 self._local_voices = self.model.voices  # put back by close()
                 self.model.voices = DatabaseVoices(self.model.voices, self.store)
 
@@ -80,8 +85,6 @@ class Backend:
         return len(self.model.generator.streams) if self.model is not None else 0
 
     def open_store(self):
-        from storage import open_store
-
         return open_store(self.db_path)
 
     @staticmethod
@@ -89,8 +92,6 @@ class Backend:
         """Free the MLX streams this (worker) thread made. MLX asks each thread that used it to
         do this before it ends; otherwise the process may abort at exit ("terminate called
         without an active exception")."""
-        import sys
-
         mx = sys.modules.get("mlx.core")
         if mx is not None and hasattr(mx, "clear_streams"):
             mx.clear_streams()
@@ -126,12 +127,6 @@ class Backend:
                        overwrite: bool = False) -> dict:
         """Validate the clip (real, readable audio, at most a voice's length: checked from its
         header before it is decoded) and register it under `name`."""
-        import warnings
-
-        from engine.audio import load_audio
-        from engine.errors import AudioError
-        from engine.voices import check_voice_clip, check_voice_file, clip_warnings
-
         check_voice_file(audio_path, what="The uploaded clip", name="the uploaded clip")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # quality notes are returned to the client instead
@@ -175,8 +170,6 @@ class Backend:
         return self.store
 
     def conversation(self, session: str, create: bool = False):
-        from dialogue.conversation import Conversation
-
         store = self._require_store()
         conv = self._conversations.get(session)
         if conv is not None and store.has_session(session):
@@ -192,8 +185,6 @@ class Backend:
     def create_session(self, session: str, voices: dict[int, str], meta: dict) -> None:
         """Create the session with its pinned voices, all or nothing: everything is checked
         first, and a voice that fails to pin removes the session again."""
-        from engine.option_checks import OPTIONS
-
         store = self._require_store()
         if store.has_session(session):
             raise APIError(409, f"session {session!r} already exists", param="id",
@@ -240,11 +231,6 @@ class Backend:
 
     def add_recording(self, session: str, speaker: int, text: str, audio_path: Path) -> dict:
         """A recorded turn (real speech and its transcript), Mimi-encoded once and stored."""
-        from engine.audio import load_audio
-
-        from engine.audio import check_duration
-        from engine.option_checks import OPTIONS
-
         conv = self.conversation(session)
         longest = OPTIONS["max_audio_length_ms"].maximum / 1000  # a longer turn can never fit
         check_duration(audio_path, longest, what="The uploaded recording",

@@ -22,7 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from .audio_formats import MEDIA_TYPES, StreamEncoder, encode_audio
 from .backend import AudioChunk
-from .errors import APIError
+from .errors import APIError, as_api_error
 from .worker import Job
 
 log = logging.getLogger("csm.server")
@@ -161,8 +161,6 @@ async def _sse_body(first: AudioChunk | None, items: AsyncIterator,
         raise
     except Exception as error:
         log.exception("generation failed mid-stream")
-        from .errors import as_api_error
-
         yield _sse_event({"type": "error", **as_api_error(error).body()})
     finally:
         await items.aclose()

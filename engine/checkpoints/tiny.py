@@ -37,11 +37,16 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+import soundfile as sf
 from mlx.utils import tree_flatten, tree_unflatten
 
 from engine.constants import csm_home
 from engine.csm import CSM, CSMConfig
 from engine.llama import LlamaArgs
+from engine.mimi.testing import tiny_test_signal, write_tiny_mimi
+from engine.text import build_tiny_tokenizer
+
+from .layouts import source_name
 
 TINY_VERSION = "1"  # bump when the tiny model's content changes: cached copies are rebuilt
 TINY_TEXT_VOCAB = 512
@@ -171,8 +176,6 @@ def _to_rotate_half(w: np.ndarray, n_heads: int) -> np.ndarray:
 def weights_in_layout(weights: dict, config: CSMConfig, layout: str, prefix: str = "model.") -> dict:
     """Our-named tensors (NumPy or MLX) renamed (and q/k permuted) for `layout`.
     `prefix` is used by the mlx layout only ("model." as mlx-audio writes, or "")."""
-    from .layouts import source_name
-
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     out = {}
@@ -291,10 +294,6 @@ def save_csm(folder, weights: dict | CSM, config: CSMConfig, layout: str = "mlx"
 
 def write_prompts(folder, seconds_scale: float = 1.0) -> Path:
     """prompts/<voice>.wav (24 kHz mono PCM16) and prompts/<voice>.txt (the transcript)."""
-    import soundfile as sf
-
-    from engine.mimi.testing import tiny_test_signal
-
     prompts = Path(folder) / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
     for i, (voice, (text, seconds)) in enumerate(PROMPTS.items()):
@@ -310,15 +309,11 @@ def write_tiny_csm(folder, layout: str = "transformers", seed: int = 0, with_cod
                    with_tokenizer: bool = True, with_prompts: bool = True, quantize: dict | None = None,
                    prefix: str = "model.", config: CSMConfig | None = None) -> Path:
     """Write a complete tiny random model into `folder` (created) and return it."""
-    from engine.text import build_tiny_tokenizer
-
     folder = Path(folder)
     config = config or tiny_csm_config()
     weights = random_csm_weights(config, seed)
     codec = None
     if with_codec:
-        from engine.mimi.testing import write_tiny_mimi
-
         if layout == "transformers":
             codec = write_tiny_mimi({}, layout="transformers", seed=seed)
         else:

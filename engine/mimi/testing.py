@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from .config import MimiConfig
 from .layouts import seanet_decoder_plan, seanet_encoder_plan, transformers_to_kyutai
@@ -148,8 +149,6 @@ def write_tiny_mimi(target, layout: str = "transformers", seed: int = 0, config:
     if isinstance(target, dict):
         target.update(weights)
         return weights, config
-
-    from safetensors.numpy import save_file
 
     target = Path(target)
     if target.suffix == ".safetensors":
