@@ -31,7 +31,7 @@ import attrs
 import numpy as np
 
 from engine.audio import load_audio, resample, save_audio
-from engine.constants import DEFAULT_MODEL
+from engine.constants import DEFAULT_MODEL, NUM_CODEBOOKS
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
 from engine.option_checks import OPTIONS, check_option, check_options
 from engine.segment import SAMPLE_RATE, Segment
@@ -615,8 +615,9 @@ class Conversation:
 
     def _encode(self, audio: np.ndarray) -> np.ndarray:
         codes = np.asarray(self.model.encode_audio(audio), dtype=np.int32)
-        if codes.ndim != 2 or codes.shape[1] != 32:
-            raise InputError(f"encode_audio returned codes of shape {codes.shape}, expected (frames, 32)")
+        if codes.ndim != 2 or codes.shape[1] != NUM_CODEBOOKS:
+            raise InputError(f"encode_audio returned codes of shape {codes.shape}, expected "
+                             f"(frames, {NUM_CODEBOOKS})")
         return codes
 
     def _preset(self, name: str):

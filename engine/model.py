@@ -42,7 +42,7 @@ import numpy as np
 from engine.audio import load_audio
 from engine.backends import Draw, choose_backend
 from engine.checkpoints import codec_source, load_csm, load_tokenizer_path, resolve_model
-from engine.constants import DEFAULT_MODEL, FRAME_RATE, SAMPLE_RATE
+from engine.constants import DEFAULT_MODEL, FRAME_RATE, NUM_CODEBOOKS, SAMPLE_RATE
 from engine.device import default_dtype
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
 from engine.generator import (
@@ -167,8 +167,8 @@ class CSMModel:
     def decode(self, codes) -> mx.array:
         """Audio (samples,) float32 of Mimi codes (frames, 32)."""
         codes = np.asarray(codes, dtype=np.int32)
-        if codes.ndim != 2 or codes.shape[1] != 32:
-            raise InputError(f"codes must be (frames, 32), got shape {codes.shape}")
+        if codes.ndim != 2 or codes.shape[1] != NUM_CODEBOOKS:
+            raise InputError(f"codes must be (frames, {NUM_CODEBOOKS}), got shape {codes.shape}")
         if codes.shape[0] == 0:
             return mx.zeros((0,), mx.float32)
         return self.codec.decode(np.ascontiguousarray(codes.T))

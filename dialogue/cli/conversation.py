@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from engine.constants import FRAME_RATE
 from engine.errors import CSMError
 
 from .database import Database
@@ -176,7 +177,7 @@ def list_sessions(db):
         return
     width = max(len(r.name) for r in rows)
     for row in rows:
-        click.echo(f"{row.name:<{width}}  {row.turns:4d} turns  {row.frames * 0.08:8.1f} s  "
+        click.echo(f"{row.name:<{width}}  {row.turns:4d} turns  {row.frames / FRAME_RATE:8.1f} s  "
                    f"{row.voices} voices  created {row.created_at[:19]}")
 
 
@@ -189,17 +190,17 @@ def show_session(db, session):
         info = store.session(session)
         voices = store.voice_prompts(session)
         turns = store.turns(session)
-    click.echo(f"session {info.name}: {info.turns} turns, {info.frames * 0.08:.1f} s, created {info.created_at[:19]}")
+    click.echo(f"session {info.name}: {info.turns} turns, {info.frames / FRAME_RATE:.1f} s, created {info.created_at[:19]}")
     for speaker, voice in voices.items():
         origin = voice.meta.get("voice") or voice.meta.get("ref_audio") or "clip"
-        click.echo(f"  voice  speaker {speaker}: {origin} ({voice.frames * 0.08:.1f} s) {_short(voice.text)}")
+        click.echo(f"  voice  speaker {speaker}: {origin} ({voice.frames / FRAME_RATE:.1f} s) {_short(voice.text)}")
     for turn in turns:
         t = turn.timing
         figures = ""
         if turn.source == "generated":
             figures = (f" seed {turn.seed}, ttfa {t.get('time_to_first_audio') or 0:.2f} s, "
                        f"prefill {t.get('prefill_tokens')}/{(t.get('prefill_tokens') or 0) + (t.get('cached_tokens') or 0)}")
-        click.echo(f"  {turn.index:4d}  speaker {turn.speaker}  {turn.source:<9} {turn.frames * 0.08:5.1f} s"
+        click.echo(f"  {turn.index:4d}  speaker {turn.speaker}  {turn.source:<9} {turn.frames / FRAME_RATE:5.1f} s"
                    f"{figures}  {_short(turn.text)}")
 
 
@@ -311,7 +312,7 @@ def _export_json(db: Path, session: str, output: Path) -> None:
         "turns": [
             {
                 "index": t.index, "speaker": t.speaker, "text": t.text, "source": t.source,
-                "frames": t.frames, "duration_s": round(t.frames * 0.08, 3), "seed": t.seed,
+                "frames": t.frames, "duration_s": round(t.frames / FRAME_RATE, 3), "seed": t.seed,
                 "params": t.params, "timing": t.timing, "meta": t.meta,
                 "window_start": t.window_start, "created_at": t.created_at,
             }

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from engine.constants import FRAME_RATE
 from engine.errors import InputError
 from engine.option_checks import OPTIONS
 
@@ -307,7 +308,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
 
     def session_json(info) -> dict:
         return {"id": info.name, "object": "session", "created_at": info.created_at,
-                "turn_count": info.turns, "duration_s": round(info.frames * 0.08, 2),
+                "turn_count": info.turns, "duration_s": round(info.frames / FRAME_RATE, 2),
                 "voice_count": info.voices, "meta": info.meta}
 
     def session_name(session_id: str) -> str:
@@ -339,7 +340,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
                                  "voice": (p.meta or {}).get("voice")}
                                 for p in s.voice_prompts(name).values()]
         out["turns"] = [{"index": t.index, "speaker": t.speaker, "text": t.text,
-                         "source": t.source, "duration_s": round(t.frames * 0.08, 2),
+                         "source": t.source, "duration_s": round(t.frames / FRAME_RATE, 2),
                          "seed": t.seed, "params": t.params, "created_at": t.created_at}
                         for t in s.turns(name)]
         return out

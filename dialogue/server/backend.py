@@ -20,6 +20,7 @@ from dialogue.conversation import Conversation
 from dialogue.shared_voices import DatabaseVoices
 from engine import load_model
 from engine.audio import check_duration, load_audio
+from engine.constants import FRAME_RATE, SAMPLE_RATE
 from engine.errors import AudioError
 from engine.option_checks import OPTIONS
 from engine.voices import check_voice_clip, check_voice_file, clip_warnings
@@ -134,9 +135,9 @@ class Backend:
             if audio.size == 0 or not np.isfinite(audio).all():
                 raise AudioError("the uploaded clip has no usable samples; upload a recording")
             check_voice_clip(audio, transcript, what="The uploaded clip")
-            notes = clip_warnings(audio, 24_000, "The clip")
+            notes = clip_warnings(audio, SAMPLE_RATE, "The clip")
             self.model.voices.register(name, audio, transcript, overwrite=overwrite)
-        return {"name": name, "duration_s": round(audio.size / 24_000, 3), "warnings": notes}
+        return {"name": name, "duration_s": round(audio.size / SAMPLE_RATE, 3), "warnings": notes}
 
     def remove_voice(self, name: str) -> None:
         """Delete an uploaded voice: 404 when there is none of that name, 409 for a preset."""
@@ -240,7 +241,7 @@ class Backend:
         segment = conv.add(speaker, text, audio)
         turn = conv.turns[-1]
         return {"index": turn.index, "speaker": int(segment.speaker), "text": segment.text,
-                "source": turn.source, "duration_s": round(segment.codes.shape[0] * 0.08, 2)}
+                "source": turn.source, "duration_s": round(segment.codes.shape[0] / FRAME_RATE, 2)}
 
     def turn_audio(self, session: str, index: int) -> np.ndarray:
         """One turn's audio: as stored (a recording), else decoded from its codes."""

@@ -40,7 +40,7 @@ import numpy as np
 import soundfile as sf
 from mlx.utils import tree_flatten, tree_unflatten
 
-from engine.constants import csm_home
+from engine.constants import SAMPLE_RATE, csm_home
 from engine.csm import CSM, CSMConfig
 from engine.llama import LlamaArgs
 from engine.mimi.testing import tiny_test_signal, write_tiny_mimi
@@ -297,10 +297,10 @@ def write_prompts(folder, seconds_scale: float = 1.0) -> Path:
     prompts = Path(folder) / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
     for i, (voice, (text, seconds)) in enumerate(PROMPTS.items()):
-        audio = tiny_test_signal(int(24000 * seconds * seconds_scale))
+        audio = tiny_test_signal(int(SAMPLE_RATE * seconds * seconds_scale))
         if i % 2:
             audio = 0.9 * audio[::-1]  # a different "voice"
-        sf.write(str(prompts / f"{voice}.wav"), np.ascontiguousarray(audio), 24000, subtype="PCM_16")
+        sf.write(str(prompts / f"{voice}.wav"), np.ascontiguousarray(audio), SAMPLE_RATE, subtype="PCM_16")
         (prompts / f"{voice}.txt").write_text(text + "\n", encoding="utf-8")
     return prompts
 
