@@ -44,7 +44,7 @@ from mlx.utils import tree_flatten
 from engine.checkpoints.tiny import quantizable_tiny_config as tiny_config  # the name bench/conversation.py imports
 from engine.checkpoints.tiny import random_csm, random_prompt
 from engine.cpu.blas import ENV_SWITCH, blas_info
-from engine.csm import CSM, csm_1b_config
+from engine.csm import CSM, CSMConfig, csm_1b_config
 from engine.device import DTYPES, default_dtype
 
 FRAME_SECONDS = 0.08  # one Mimi frame
