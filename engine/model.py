@@ -142,7 +142,7 @@ class CSMModel:
         self.path = path
         self.name = name or (str(path) if path else "")
         self.sample_rate = SAMPLE_RATE
-        self.max_positions = int(getattr(csm.config, "max_seq_len", 2048))
+        self.max_positions = int(csm.config.max_seq_len)
         self.options = options or EngineOptions.from_env()
         self.backend = choose_backend(csm, self.options)
         self.generator = Generator(self.backend, codec, self.max_positions, cache_bytes=cache_bytes)
@@ -444,7 +444,7 @@ class CSMModel:
                              started=started)
 
     def _results(self, plans, piece, first, *, seed, stream, watermark, started) -> Iterator[GenerationResult]:
-        _reset_peak_memory()
+        mx.reset_peak_memory()
         if stream and watermark:
             warn_streaming_unmarked()
         for index, plan in enumerate(plans):
@@ -467,7 +467,7 @@ class CSMModel:
                         time_to_first_audio=chunk.first_audio_time - started,
                         prefill_tokens=chunk.prefill_tokens,
                         cached_tokens=chunk.cached_tokens,
-                        peak_memory=_peak_memory_gb(),
+                        peak_memory=mx.get_peak_memory() / 1e9,
                         text=plan.text,
                         speaker=plan.speaker,
                         segment_index=index,
@@ -509,17 +509,6 @@ def _as_audio(audio) -> np.ndarray:
         if audio.ndim != 1:
             raise AudioError(f"audio must be mono 1-D samples at 24 kHz, got shape {audio.shape}")
     return audio
-
-
-def _reset_peak_memory() -> None:
-    reset = getattr(mx, "reset_peak_memory", None) or getattr(mx.metal, "reset_peak_memory", None)
-    if reset is not None:
-        reset()
-
-
-def _peak_memory_gb() -> float:
-    peak = getattr(mx, "get_peak_memory", None) or getattr(mx.metal, "get_peak_memory")
-    return peak() / 1e9
 
 
 # ------------------------------------------------------------------------------------------------
