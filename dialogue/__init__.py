@@ -5,6 +5,8 @@
 Names are imported on first use, so `import dialogue` (and `csm --help`) stays fast.
 """
 
+import importlib
+
 _EXPORTS = {
     "Conversation": "dialogue.conversation",
     "Turn": "dialogue.conversation",
@@ -17,8 +19,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value

@@ -30,16 +30,17 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from engine.audio import resample, save_audio
+from engine.audio import load_audio, resample, save_audio
+from engine.constants import DEFAULT_MODEL, NUM_CODEBOOKS
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
+from engine.option_checks import OPTIONS, check_option, check_options
 from engine.segment import SAMPLE_RATE, Segment
+from engine.voices import check_voice_clip, check_voice_file
 from storage import ConcurrentWriteError, SessionNotFoundError, Store, StoredSegment
 
 from .budget import Window, choose_window
-from engine.constants import DEFAULT_MODEL
 
 DEFAULT_MAX_AUDIO_LENGTH_MS = 90_000
-DEFAULT_CONTEXT_LIMIT = 2048  # CSM-1B's backbone positions, when the model does not say
 MIN_TURN_ROWS = 80  # a short line's text rows and ~5 s of frames: room a pinned voice must leave
 
 
@@ -171,7 +172,7 @@ class Conversation:
     def model(self):
         """The CSMModel (loaded on first access when a name or nothing was given)."""
         if self._model is None or isinstance(self._model, (str, Path)):
-            from engine import load_model
+            from engine import load_model  # lazy: MLX only once a model is needed (not for replay)
 
             self._model = load_model(str(self._model or DEFAULT_MODEL))
         return self._model
@@ -179,8 +180,7 @@ class Conversation:
     @property
     def limit(self) -> int:
         """Backbone positions a prompt may use, including the frames to be generated."""
-        positions = getattr(self.model, "max_positions", None)
-        positions = int(positions) if positions else DEFAULT_CONTEXT_LIMIT
+        positions = self.model.max_positions
         if self.context_limit is not None:  # a tighter budget (tests, memory); never a wider one
             return min(int(self.context_limit), positions)
         return positions
@@ -209,8 +209,6 @@ class Conversation:
 
     def audio(self, pause_s: float = 0.0) -> np.ndarray:
         """All turns' audio joined (float32, 24 kHz), with `pause_s` of silence between turns."""
-        from engine.option_checks import OPTIONS
-
         pause_s = OPTIONS["pause"].check(pause_s, "pause_s")
         clips = [self._turn_audio(row) for row in self._synced_turns()]
         if not clips:
@@ -259,8 +257,6 @@ class Conversation:
                     "ref_audio needs ref_text, the words spoken in the clip: the voice prompt is "
                     "the clip's text followed by its audio"
                 )
-            from engine.voices import check_voice_clip, check_voice_file
-
             if isinstance(ref_audio, (str, Path)):
                 check_voice_file(ref_audio, what="The reference clip")  # before decoding it
             audio = _load_audio(ref_audio)
@@ -410,8 +406,6 @@ class Conversation:
 
     def _generate(self, speaker, text, *, stream, temperature, top_k, seed, max_audio_length_ms,
                   meta, streaming_interval=0.5, stored=None) -> Iterator:
-        from engine.option_checks import check_options
-
         speaker = _check_speaker(speaker)
         if not isinstance(text, str) or not text.strip():
             raise InputError("The text to speak is empty; give at least one word.")
@@ -472,7 +466,7 @@ class Conversation:
                     first = result
                 if result.audio is not None:
                     chunks.append(np.asarray(result.audio, dtype=np.float32).reshape(-1))
-                codes = _result_codes(result, codes)
+                codes = np.asarray(result.frames, dtype=np.int32)  # the utterance so far
                 if result.is_final:
                     stored.append(self._store_generated(
                         speaker, result.text, codes, chunks, result, first, plan, params, meta,
@@ -481,21 +475,19 @@ class Conversation:
                 yield result
         finally:
             self._turn_in_flight = False
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
+            results.close()
 
     def _store_generated(self, speaker, spoken, codes, chunks, result, first, plan, params, meta, wall,
                          revision=None):
         audio = np.concatenate(chunks) if chunks else None
         timing = {
-            "time_to_first_audio": _float(getattr(first, "time_to_first_audio", None)),
-            "real_time_factor": _float(getattr(result, "real_time_factor", None)),
-            "audio_duration": _float(getattr(result, "audio_duration", None)),
-            "prefill_tokens": _int(getattr(first, "prefill_tokens", None)),
-            "cached_tokens": _int(getattr(first, "cached_tokens", None)),
-            "peak_memory": _float(getattr(result, "peak_memory", None)),
-            "stop_reason": getattr(result, "stop_reason", None),
+            "time_to_first_audio": float(first.time_to_first_audio),
+            "real_time_factor": float(result.real_time_factor),
+            "audio_duration": float(result.audio_duration),
+            "prefill_tokens": int(first.prefill_tokens),
+            "cached_tokens": int(first.cached_tokens),
+            "peak_memory": float(result.peak_memory),
+            "stop_reason": result.stop_reason,
             "wall_seconds": round(wall, 6),
             "prompt_rows": plan.window.pinned_rows + plan.window.history_rows + plan.text_rows,
             "pruned": plan.window.pruned,
@@ -519,8 +511,7 @@ class Conversation:
         return self.store.append_turn(
             self.session, speaker=speaker, text=spoken, codes=codes, source="generated",
             audio=audio if (self.store_audio and audio is not None) else None,
-            sample_rate=int(getattr(result, "sample_rate", SAMPLE_RATE) or SAMPLE_RATE),
-            params=params, seed=getattr(result, "seed", None), timing=timing, meta=meta,
+            sample_rate=int(result.sample_rate), params=params, seed=result.seed, timing=timing, meta=meta,
             window_start=plan.window.start, expected_revision=revision,
         )
 
@@ -624,12 +615,13 @@ class Conversation:
 
     def _encode(self, audio: np.ndarray) -> np.ndarray:
         codes = np.asarray(self.model.encode_audio(audio), dtype=np.int32)
-        if codes.ndim != 2 or codes.shape[1] != 32:
-            raise InputError(f"encode_audio returned codes of shape {codes.shape}, expected (frames, 32)")
+        if codes.ndim != 2 or codes.shape[1] != NUM_CODEBOOKS:
+            raise InputError(f"encode_audio returned codes of shape {codes.shape}, expected "
+                             f"(frames, {NUM_CODEBOOKS})")
         return codes
 
     def _preset(self, name: str):
-        library = getattr(self.model, "voices", None)
+        library = self.model.voices
         if library is None:
             raise VoiceError(f"this model has no voice presets; use ref_audio + ref_text instead of {name!r}")
         voice = library.get(name)
@@ -637,16 +629,12 @@ class Conversation:
 
 
 def _check_speaker(speaker) -> int:
-    from engine.option_checks import check_option
-
     return check_option("speaker", speaker)
 
 
 def _load_audio(source) -> np.ndarray:
     """A path (any format/rate/channels, via engine.audio) or a 1-D float array at 24 kHz."""
     if isinstance(source, (str, Path)):
-        from engine.audio import load_audio
-
         return np.asarray(load_audio(source), dtype=np.float32).reshape(-1)
     samples = np.asarray(source)
     if samples.ndim != 1 or samples.size == 0 or not np.issubdtype(samples.dtype, np.floating):
@@ -655,21 +643,3 @@ def _load_audio(source) -> np.ndarray:
             f"{samples.dtype} {samples.shape}; use engine.audio.load_audio() to convert"
         )
     return samples.astype(np.float32, copy=False)
-
-
-def _result_codes(result, previous) -> np.ndarray:
-    """All frames of the utterance so far: `frames` when the result carries it, else the chunks
-    joined."""
-    frames = getattr(result, "frames", None)
-    if frames is not None:
-        return np.asarray(frames, dtype=np.int32).reshape(-1, 32)
-    chunk = np.asarray(result.codes, dtype=np.int32).reshape(-1, 32)
-    return chunk if previous is None else np.concatenate([previous, chunk])
-
-
-def _float(value):
-    return None if value is None else float(value)
-
-
-def _int(value):
-    return None if value is None else int(value)

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from engine.constants import SAMPLE_RATE
 from engine.errors import VoiceError
 from engine.voices import Voice, VoiceLibrary
 from storage import StorageError
@@ -83,7 +84,7 @@ class DatabaseVoices:
         meta = {} if speaker is None else {"speaker": int(speaker)}
         try:  # the store checks again inside its transaction: two uploads cannot both win
             self.store.save_voice(name, checked.text, np.asarray(checked.audio, np.float32),
-                                  sample_rate=24_000, meta=meta, overwrite=overwrite)
+                                  sample_rate=SAMPLE_RATE, meta=meta, overwrite=overwrite)
         except StorageError as error:
             raise VoiceError(str(error)) from None
         return self.get(name)

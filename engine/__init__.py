@@ -1,3 +1,5 @@
+import importlib
+
 # First, before anything imports MLX: an optimised BLAS for MLX's CPU backend on Linux (engine/cpu/blas.py).
 from .cpu import blas as _blas
 
@@ -31,8 +33,6 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

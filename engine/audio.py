@@ -21,15 +21,18 @@
 from __future__ import annotations
 
 import io
-import math
 import os
+import struct
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 
+from engine.constants import SAMPLE_RATE
 from engine.errors import AudioError
-from engine.constants import SAMPLES_PER_FRAME, SAMPLE_RATE
 
 MIN_GOOD_RATE = 16_000
 READABLE = "WAV, FLAC, OGG (Vorbis/Opus), MP3, AIFF and the other formats libsndfile reads"
@@ -51,7 +54,7 @@ def _as_numpy(audio) -> np.ndarray:
     if isinstance(audio, np.ndarray):
         return audio
     if type(audio).__module__.startswith("mlx"):
-        import mlx.core as mx
+        import mlx.core as mx  # lazy: reading and writing audio needs no MLX (replay, the CLI's checks)
 
         if audio.dtype == mx.bfloat16:
             audio = audio.astype(mx.float32)
@@ -112,8 +115,6 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> n
     audio = np.asarray(audio, dtype=np.float32)
     if int(from_rate) == int(to_rate):
         return audio
-    import soxr
-
     return np.ascontiguousarray(soxr.resample(audio, int(from_rate), int(to_rate), quality="HQ"), np.float32)
 
 
@@ -153,8 +154,6 @@ def _describe(source) -> str:
 
 
 def _read_file(source, name: str | None = None):
-    import soundfile as sf
-
     what = name or _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
@@ -179,8 +178,6 @@ def _read_file(source, name: str | None = None):
 def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
     """(bytes the WAV header's data chunk promises, bytes the file holds after it), when the file
     is a RIFF WAV that holds fewer than promised (a truncated download or copy); else None."""
-    import struct
-
     try:
         with open(path, "rb") as handle:
             head = handle.read(12)
@@ -206,8 +203,6 @@ def probe_audio(source, *, name: str | None = None):
     """What a file holds, from its header only (nothing is decoded): soundfile's info object
     with `.duration` (seconds), `.frames`, `.samplerate`, `.channels`. AudioError when it is not
     readable audio. `name` replaces the path in messages (e.g. "the uploaded clip")."""
-    import soundfile as sf
-
     what = name or _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
@@ -250,8 +245,6 @@ def check_output_path(path) -> Path:
     """Check, before any work is done, that audio can be written to `path`: a .wav or .flac name,
     not a folder, and a folder that exists (or can be made) and takes new files. AudioError
     otherwise. Nothing is left behind."""
-    import tempfile
-
     path = Path(path).expanduser()
     if path.suffix.lower() not in WRITABLE:
         raise AudioError(f"Cannot write {str(path)!r}: use a .wav or .flac file name "
@@ -326,8 +319,6 @@ def save_audio(path, audio, sample_rate: int = SAMPLE_RATE, *, subtype: str | No
     16-bit PCM by default, float input clipped to [-1, 1]. `subtype="FLOAT"` keeps 32-bit floats
     (WAV only). Parent folders are created.
     """
-    import soundfile as sf
-
     path = Path(path).expanduser()
     fmt = WRITABLE.get(path.suffix.lower())
     if fmt is None:
@@ -344,34 +335,3 @@ def save_audio(path, audio, sample_rate: int = SAMPLE_RATE, *, subtype: str | No
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, int(sample_rate), format=fmt, subtype=subtype)
     return path
-
-
-def audio_to_bytes(audio, sample_rate: int = SAMPLE_RATE, format: str = "wav") -> bytes:
-    """Encode 1-D audio as WAV or FLAC bytes (16-bit PCM), e.g. for an HTTP response or a blob."""
-    import soundfile as sf
-
-    fmt = WRITABLE.get("." + format.lower().lstrip("."))
-    if fmt is None:
-        raise AudioError(f"Cannot encode audio as {format!r}: use 'wav' or 'flac'")
-    samples = np.clip(_pcm_ready(audio, "audio"), -1.0, 1.0)
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, int(sample_rate), format=fmt, subtype="PCM_16")
-    return buffer.getvalue()
-
-
-# ------------------------------------------------------------------------------- durations
-
-def duration_seconds(audio_or_samples, sample_rate: int = SAMPLE_RATE) -> float:
-    """Seconds of 1-D audio (or of a number of samples) at `sample_rate`."""
-    n = audio_or_samples if isinstance(audio_or_samples, (int, np.integer)) else len(_as_numpy(audio_or_samples))
-    return int(n) / float(sample_rate)
-
-
-def frames_for_samples(num_samples: int, frame_size: int = SAMPLES_PER_FRAME) -> int:
-    """Mimi frames that `num_samples` samples at 24 kHz encode to (the last one partial)."""
-    return math.ceil(int(num_samples) / frame_size)
-
-
-def samples_for_frames(num_frames: int, frame_size: int = SAMPLES_PER_FRAME) -> int:
-    """Samples that `num_frames` Mimi frames decode to at 24 kHz."""
-    return int(num_frames) * frame_size

@@ -23,6 +23,10 @@ TOKENIZER_FALLBACK_REPO = "unsloth/Llama-3.2-1B"
 CODEC_FALLBACK_REPO = "kyutai/moshiko-pytorch-bf16"
 CODEC_FALLBACK_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 
+# Quantization (MLX affine): the bit widths and group sizes load_model(quantize=) and `csm convert` take.
+QUANTIZE_BITS = (8, 6, 5, 4, 3, 2)
+QUANTIZE_GROUP_SIZES = (32, 64, 128)
+
 
 def csm_home() -> Path:
     """$CSM_HOME, default ~/.cache/csm-mlx: where built models, compiled kernels and user voices live."""

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import mlx.core as mx
+from huggingface_hub import errors as hf_errors, hf_hub_download, snapshot_download
 
 from engine.constants import CODEC_FALLBACK_FILE
 from engine.errors import WeightsError
@@ -20,8 +21,6 @@ def looks_like_hub_id(name: str) -> bool:
 
 
 def hub_error(repo_id: str, what: str, err: Exception) -> WeightsError:
-    from huggingface_hub import errors as hf_errors
-
     if isinstance(err, hf_errors.GatedRepoError) or repo_id in GATED_REPOS and "401" in str(err):
         hint = (f"{repo_id} is gated: accept its terms on https://huggingface.co/{repo_id} and log in "
                 "with `huggingface-cli login` (or set HF_TOKEN)")
@@ -41,8 +40,6 @@ def hub_error(repo_id: str, what: str, err: Exception) -> WeightsError:
 
 
 def hub_snapshot(repo_id: str, patterns: list[str], what: str = "the model files") -> str:
-    from huggingface_hub import snapshot_download
-
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)  # shows tqdm progress bars
     except Exception as err:  # huggingface_hub raises many types; all become one clear message
@@ -50,8 +47,6 @@ def hub_snapshot(repo_id: str, patterns: list[str], what: str = "the model files
 
 
 def hub_file(repo_id: str, filename: str) -> Path:
-    from huggingface_hub import hf_hub_download
-
     try:
         return Path(hf_hub_download(repo_id, filename))
     except Exception as err:

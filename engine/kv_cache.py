@@ -45,10 +45,5 @@ class KVCache:
         self.offset = 0
 
     @property
-    def state(self) -> tuple[mx.array, mx.array]:
-        """The buffers, for mx.eval."""
-        return self.keys, self.values
-
-    @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes

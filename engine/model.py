@@ -39,6 +39,11 @@ import attrs
 import mlx.core as mx
 import numpy as np
 
+from engine.audio import load_audio
+from engine.backends import Draw, choose_backend
+from engine.checkpoints import codec_source, load_csm, load_tokenizer_path, resolve_model
+from engine.constants import DEFAULT_MODEL, FRAME_RATE, NUM_CODEBOOKS, SAMPLE_RATE
+from engine.device import default_dtype
 from engine.errors import AudioError, ContextTooLongError, InputError, VoiceError
 from engine.generator import (
     Generator,
@@ -46,9 +51,16 @@ from engine.generator import (
     frame_cap,
     stream_seed,
 )
-from engine.segment import Segment
-from engine.constants import DEFAULT_MODEL, FRAME_RATE, SAMPLE_RATE
+from engine.mimi import Mimi, MimiConfig, load_mimi, mimi_from_weights
+from engine.option_checks import check_flag, check_option, check_options
 from engine.options import EngineOptions
+from engine.prompt import build_prompt, build_voice_match_prompt, count_rows
+from engine.quantize import quantize_csm, quantized_paths
+from engine.sampling import make_sampler
+from engine.segment import Segment
+from engine.text import TextTokenizer, normalize_text, split_text
+from engine.voices import VoiceLibrary, check_voice_clip, check_voice_file, clip_warnings
+from engine.watermark import apply_watermark, warn_streaming_unmarked
 
 DEFAULT_VOICE = "conversational_a"
 MAX_PIECE_CHARS = 400  # longest text piece per utterance (about 25 s of natural speech)
@@ -112,8 +124,6 @@ def end_sentence(text: str) -> str:
 
 def _check_clip_length(audio: np.ndarray, what: str) -> None:
     """Warn about clips that clone poorly (under 2 s, over 30 s)."""
-    from engine.voices import clip_warnings
-
     for message in clip_warnings(audio, SAMPLE_RATE, what):
         warnings.warn(message, UserWarning, stacklevel=4)
 
@@ -132,9 +142,7 @@ class CSMModel:
         self.path = path
         self.name = name or (str(path) if path else "")
         self.sample_rate = SAMPLE_RATE
-        self.max_positions = int(getattr(csm.config, "max_seq_len", 2048))
-        from engine.backends import choose_backend
-
+        self.max_positions = int(csm.config.max_seq_len)
         self.options = options or EngineOptions.from_env()
         self.backend = choose_backend(csm, self.options)
         self.generator = Generator(self.backend, codec, self.max_positions, cache_bytes=cache_bytes)
@@ -159,8 +167,8 @@ class CSMModel:
     def decode(self, codes) -> mx.array:
         """Audio (samples,) float32 of Mimi codes (frames, 32)."""
         codes = np.asarray(codes, dtype=np.int32)
-        if codes.ndim != 2 or codes.shape[1] != 32:
-            raise InputError(f"codes must be (frames, 32), got shape {codes.shape}")
+        if codes.ndim != 2 or codes.shape[1] != NUM_CODEBOOKS:
+            raise InputError(f"codes must be (frames, {NUM_CODEBOOKS}), got shape {codes.shape}")
         if codes.shape[0] == 0:
             return mx.zeros((0,), mx.float32)
         return self.codec.decode(np.ascontiguousarray(codes.T))
@@ -198,9 +206,6 @@ class CSMModel:
                     "ref_audio was given without ref_text: voice cloning needs the transcript of "
                     "the clip (the words spoken in it). Pass ref_text=\"...\" (--ref_text)."
                 )
-            from engine.audio import load_audio
-            from engine.voices import check_voice_clip, check_voice_file
-
             if isinstance(ref_audio, (str, os.PathLike)):
                 check_voice_file(ref_audio, what="The reference clip")  # before decoding it all
             audio = load_audio(ref_audio)
@@ -233,8 +238,6 @@ class CSMModel:
     def prompt_rows(self, segments: Sequence[Segment]) -> int:
         """Backbone positions these segments take as context (text rows, audio rows, EOS rows).
         Segments with audio but no codes count as Mimi would encode them (ceil(samples/1920))."""
-        from engine.prompt import count_rows
-
         return sum(count_rows(s, self.tokenizer) for s in segments)
 
     def text_rows(self, text: str, speaker: int = 0, normalize: bool = True) -> int:
@@ -255,8 +258,6 @@ class CSMModel:
         if not isinstance(text, str):
             raise InputError(f"text must be a str, got {type(text).__name__}")
         if normalize:
-            from engine.text import normalize_text
-
             text = normalize_text(text)
         if not text.strip():
             raise InputError("The text to speak is empty; give at least one word.")
@@ -298,9 +299,6 @@ class CSMModel:
         started = time.perf_counter()
         if unknown:
             raise InputError(f"unknown generate() option(s): {', '.join(sorted(unknown))}")
-        from engine.option_checks import check_flag, check_options
-        from engine.sampling import make_sampler
-
         checked = check_options(temperature=temperature, top_k=top_k, seed=seed, speaker=speaker,
                                 max_audio_length_ms=max_audio_length_ms,
                                 streaming_interval=streaming_interval)
@@ -355,9 +353,6 @@ class CSMModel:
         started = time.perf_counter()
         if not isinstance(plan, TurnPlan):
             raise InputError(f"generate_turn takes a TurnPlan from plan_turn(), got {type(plan).__name__}")
-        from engine.option_checks import check_flag, check_option
-        from engine.sampling import make_sampler
-
         sampler = make_sampler(temperature, top_k)
         stream, reuse_cache = check_flag("stream", stream), check_flag("reuse_cache", reuse_cache)
         watermark = check_flag("watermark", watermark)
@@ -369,8 +364,6 @@ class CSMModel:
                               cache_key=cache_key)
 
     def _build_prompt(self, piece: str, speaker: int, context, reference, voice_match: bool):
-        from engine.prompt import build_prompt, build_voice_match_prompt
-
         if reference is not None and voice_match:
             return build_voice_match_prompt(context, reference, piece, self.tokenizer, speaker=speaker)
         head = [reference] if reference is not None else []
@@ -386,8 +379,6 @@ class CSMModel:
         segments need codes (see `with_codes`); `reference` is a voice prompt (see `voice_prompt`).
         Raises ContextTooLongError when the prompt and the frame cap do not fit the positions.
         Generate it with `generate_turn`."""
-        from engine.option_checks import check_option
-
         speaker = check_option("speaker", speaker)
         max_audio_length_ms = check_option("max_audio_length_ms", max_audio_length_ms)
         spoken = self.spoken_text(text, normalize)
@@ -401,8 +392,6 @@ class CSMModel:
                      max_piece_chars, finish_sentences: bool = True) -> list["TurnPlan"]:
         """Split one line into pieces whose prompt + frame cap fit the backbone's positions (each
         piece ending as a sentence when `finish_sentences`)."""
-        from engine.text import split_text
-
         def split(text: str, limit: int) -> list[tuple[str, int]]:
             parts = split_text(text, limit)
             return [(end_sentence(p) if finish_sentences else p, limit) for p in parts]
@@ -439,8 +428,6 @@ class CSMModel:
 
     def _generate(self, plans, *, sampler, seed, stream, chunk_frames, reuse_cache, watermark,
                   on_frame, started, cache_key=None) -> Iterator[GenerationResult]:
-        from engine.backends import Draw
-
         def piece(index: int, plan):
             # Each piece draws from its own stream of random numbers, derived from (seed, piece).
             draw = Draw(sampler.temperature, sampler.top_k, sampler.suppress_undecodable,
@@ -457,9 +444,7 @@ class CSMModel:
                              started=started)
 
     def _results(self, plans, piece, first, *, seed, stream, watermark, started) -> Iterator[GenerationResult]:
-        from engine.watermark import apply_watermark, warn_streaming_unmarked
-
-        _reset_peak_memory()
+        mx.reset_peak_memory()
         if stream and watermark:
             warn_streaming_unmarked()
         for index, plan in enumerate(plans):
@@ -482,7 +467,7 @@ class CSMModel:
                         time_to_first_audio=chunk.first_audio_time - started,
                         prefill_tokens=chunk.prefill_tokens,
                         cached_tokens=chunk.cached_tokens,
-                        peak_memory=_peak_memory_gb(),
+                        peak_memory=mx.get_peak_memory() / 1e9,
                         text=plan.text,
                         speaker=plan.speaker,
                         segment_index=index,
@@ -511,8 +496,6 @@ class TurnPlan:
 
 def _check_seed(seed) -> int:
     """A seed for a call (engine.option_checks): None draws one (reported with every result)."""
-    from engine.option_checks import check_option
-
     seed = check_option("seed", seed)
     return secrets.randbelow(2**31) if seed is None else seed
 
@@ -528,17 +511,6 @@ def _as_audio(audio) -> np.ndarray:
     return audio
 
 
-def _reset_peak_memory() -> None:
-    reset = getattr(mx, "reset_peak_memory", None) or getattr(mx.metal, "reset_peak_memory", None)
-    if reset is not None:
-        reset()
-
-
-def _peak_memory_gb() -> float:
-    peak = getattr(mx, "get_peak_memory", None) or getattr(mx.metal, "get_peak_memory")
-    return peak() / 1e9
-
-
 # ------------------------------------------------------------------------------------------------
 # Loading
 
@@ -546,9 +518,6 @@ def _peak_memory_gb() -> float:
 def load_codec(path: Path):
     """The Mimi codec of a model folder: `codec_model.*` in a transformers checkpoint, else the
     Kyutai-layout file beside it or the public one (kyutai/moshiko-pytorch-bf16)."""
-    from engine.mimi import Mimi, mimi_from_weights, MimiConfig, load_mimi
-    from engine.checkpoints import codec_source
-
     source = codec_source(path)
     if source.weights is not None:
         return mimi_from_weights(source.weights, MimiConfig.from_dict(source.config))
@@ -568,19 +537,13 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | 
     live (default $CSM_HOME/voices). `cache_bytes`: how many bytes of KV caches the generator keeps
     for conversations (least recently used out; default 1/8 of the machine's memory).
     """
-    from engine.checkpoints import load_csm, load_tokenizer_path, resolve_model
-    from engine.device import default_dtype
-    from engine.quantize import quantize_csm, quantized_paths
-    from engine.text import TextTokenizer
-    from engine.voices import VoiceLibrary
-
     options = (options or EngineOptions.from_env()).with_(dtype=dtype)
     path = resolve_model(name_or_path)
     csm = load_csm(path, dtype=default_dtype(options))
     if quantize is not None:
         if quantized_paths(csm):
-            raise InputError(f"{name_or_path} is already quantized; load it without quantize=, or "
-                             "quantize its float original")
+            raise InputError(f"{name_or_path} is already quantized; load it as it is (without "
+                             "quantize= or --quantize), or quantize its float original")
         quantize_csm(csm, quantize)
     tokenizer = TextTokenizer.from_file(load_tokenizer_path(path))
     codec = load_codec(path)

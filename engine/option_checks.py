@@ -141,7 +141,7 @@ def check_options(**values) -> dict:
 def check_flag(name: str, value) -> bool:
     """A yes/no option must be a bool (a string 'no' is truthy, so it is refused)."""
     if not isinstance(value, bool):
-        import numpy as np
+        import numpy as np  # lazy: `csm --help` imports this module (through the CLI's option types)
 
         if isinstance(value, np.bool_):
             return bool(value)

@@ -13,17 +13,18 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from engine.constants import QUANTIZE_BITS, QUANTIZE_GROUP_SIZES
 from engine.errors import InputError
 
 DEFAULT_GROUP_SIZE = 64
-SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 
 
 def check_bits(bits: int, group_size: int = DEFAULT_GROUP_SIZE) -> None:
-    if bits not in SUPPORTED_BITS:
-        raise InputError(f"--quantize takes one of {', '.join(map(str, SUPPORTED_BITS))} bits, got {bits}")
-    if group_size not in (32, 64, 128):
-        raise InputError(f"the group size must be 32, 64 or 128, got {group_size}")
+    if bits not in QUANTIZE_BITS:
+        raise InputError(f"quantize takes one of {', '.join(map(str, QUANTIZE_BITS))} bits, got {bits!r}")
+    if group_size not in QUANTIZE_GROUP_SIZES:
+        raise InputError(f"the group size must be one of {', '.join(map(str, QUANTIZE_GROUP_SIZES))}, "
+                         f"got {group_size!r}")
 
 
 def quantizable(group_size: int):

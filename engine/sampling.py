@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from .option_checks import check_option
+
 
 DECODABLE_CODES = 2048  # Mimi codebook size: ids >= this cannot be decoded
 
@@ -43,8 +45,6 @@ class Sampler:
 
 def make_sampler(temperature: float = 0.9, top_k: int = 50, suppress_undecodable: bool = True) -> Sampler:
     """A sampler for every codebook. temperature 0 -> greedy; top_k <= 0 or >= V -> no top-k."""
-    from .option_checks import check_option
-
     temperature = check_option("temperature", temperature)
     top_k = check_option("top_k", top_k)
     return Sampler(temperature, top_k, bool(suppress_undecodable))

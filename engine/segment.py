@@ -27,7 +27,7 @@ def _to_numpy(value, what: str) -> np.ndarray:
         return value
     module = type(value).__module__
     if module.startswith("mlx"):
-        import mlx.core as mx
+        import mlx.core as mx  # lazy: stored segments are read and replayed without MLX
 
         if value.dtype == mx.bfloat16:
             value = value.astype(mx.float32)

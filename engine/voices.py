@@ -29,10 +29,12 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+from engine.audio import load_audio, probe_audio, save_audio
+from engine.constants import SAMPLE_RATE, csm_home
 from engine.errors import VoiceError
 from engine.segment import Segment
-from engine.constants import SAMPLE_RATE, csm_home
 
 PRESET_REPO = "sesame/csm-1b"
 SHORT_CLIP_SECONDS = 2.0
@@ -109,8 +111,6 @@ def check_voice_clip(audio, text: str | None = None, *, what: str = "The voice c
 
 def check_voice_file(path, *, what: str = "The voice clip", name: str | None = None) -> None:
     """Refuse a voice clip file that is too long from its header, before decoding it."""
-    from engine.audio import probe_audio
-
     info = probe_audio(path, name=name)  # AudioError when it is not audio
     seconds = float(info.frames) / float(info.samplerate)
     if seconds > MAX_VOICE_SECONDS + 0.5:  # the exact bound is checked on the decoded samples
@@ -202,10 +202,6 @@ class VoiceLibrary:
 
     def _cached_hub_presets(self) -> dict[str, Path]:
         """Sesame's presets already in the local hub cache (never touches the network)."""
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover
-            return {}
         found = {}
         for name in PRESET_TRANSCRIPTS:
             try:
@@ -254,8 +250,6 @@ class VoiceLibrary:
     # ------------------------------------------------------------------------------- loading
 
     def _load(self, path: Path) -> np.ndarray:
-        from engine.audio import load_audio
-
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         audio = self._audio_cache.get(key)
@@ -268,8 +262,6 @@ class VoiceLibrary:
 
     def _download_preset(self, name: str) -> Path:
         try:
-            from huggingface_hub import hf_hub_download
-
             return Path(hf_hub_download(self.preset_repo, f"prompts/{name}.wav"))
         except Exception as exc:
             where = f" is not in {self.model_path / 'prompts'} and" if self.model_path else ""
@@ -323,8 +315,6 @@ class VoiceLibrary:
         registered voice always fits the context. An existing registered voice is replaced only with
         `overwrite=True`; preset names cannot be taken.
         """
-        from engine.audio import load_audio, save_audio
-
         _check_name(name)
         if not isinstance(text, str) or not text.strip():
             raise VoiceError(

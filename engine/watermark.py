@@ -15,6 +15,7 @@ import threading
 import warnings
 
 import numpy as np
+import soxr
 
 # The reference's public key (Sesame csm, watermarking.py). It is not a secret: an application
 # that wants a private mark should use its own key and keep it private.
@@ -66,8 +67,6 @@ def apply_watermark(audio, sample_rate: int, key=CSM_1B_GH_WATERMARK) -> np.ndar
     if not watermark_available():
         _warn_once(_NOT_INSTALLED)
         return audio
-    import soxr
-
     model = _load()
     up = soxr.resample(audio, sample_rate, WATERMARK_SAMPLE_RATE)
     encoded, _ = model.encode_wav(up, WATERMARK_SAMPLE_RATE, list(key), calc_sdr=False,

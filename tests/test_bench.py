@@ -8,6 +8,7 @@ import numpy as np
 from engine.bench import __main__ as bench_main
 from engine.bench import generation
 from engine.bench.generation import RESULT_KEYS
+from engine.checkpoints.tiny import quantizable_tiny_config, random_csm, random_prompt
 
 
 def test_json_output_has_the_keys(capsys):
@@ -35,15 +36,15 @@ def test_table_output_and_options(capsys):
 def test_fixed_frame_count_with_random_weights():
     from engine.backends import choose_backend
 
-    model = generation.random_csm(generation.tiny_config(), mx.float32, seed=1)
+    model = random_csm(quantizable_tiny_config(), mx.float32, seed=1)
     r = generation.measure(choose_backend(model), model.config, prompt_rows=6, frames=4, seed=1)
     assert r["codes"].shape == (4, model.config.audio_num_codebooks)
     assert r["codes"].dtype == np.int32 and r["frames_all_decodable"]
 
 
 def test_random_prompt_rows():
-    config = generation.tiny_config()
-    tokens, mask = generation.random_prompt(12, config, seed=0)
+    config = quantizable_tiny_config()
+    tokens, mask = random_prompt(12, config, seed=0)
     assert tokens.shape == mask.shape == (12, config.audio_num_codebooks + 1)
     assert mask[:3, -1].all() and not mask[3:, -1].any() and mask[3:, :-1].all()
 

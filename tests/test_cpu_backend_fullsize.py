@@ -24,7 +24,7 @@ def distance(ref, other) -> float:
 
 
 def test_full_size_logits_against_the_float32_network():
-    from engine.bench.generation import random_csm, random_prompt
+    from engine.checkpoints.tiny import random_csm, random_prompt
     from engine.cpu.backend import CpuBackend
     from engine.csm import csm_1b_config
     from engine.quantize import quantize_csm

@@ -8,11 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from dialogue.cli import main as cli
-from engine.bench.generation import random_csm, random_prompt, tiny_config
+from engine.checkpoints.tiny import quantizable_tiny_config, random_csm, random_prompt, write_tiny_csm
 from engine.errors import InputError
 from engine.bench.accuracy import frame_logits_probe, logit_error
 from engine.quantize import quantize_csm, quantized_paths
-from engine.checkpoints.tiny import write_tiny_csm
 from engine.checkpoints import load_csm
 
 
@@ -24,7 +23,7 @@ def _probe(model, seed=0):
 
 @pytest.mark.parametrize("bits, max_rel", [(8, 0.05), (4, 0.5)])
 def test_quantized_logits_stay_close(bits, max_rel):
-    model = random_csm(tiny_config(), mx.float32, seed=3)
+    model = random_csm(quantizable_tiny_config(), mx.float32, seed=3)
     reference = _probe(model)
     entry = quantize_csm(model, bits)
     assert entry == {"group_size": 64, "bits": bits}
@@ -38,11 +37,11 @@ def test_quantized_logits_stay_close(bits, max_rel):
 
 def test_bad_bits_is_an_input_error():
     with pytest.raises(InputError):
-        quantize_csm(random_csm(tiny_config()), 7)
+        quantize_csm(random_csm(quantizable_tiny_config()), 7)
 
 
 def test_convert_writes_a_folder_the_loader_reads(tmp_path):
-    src = write_tiny_csm(tmp_path / "src", layout="transformers", config=tiny_config())
+    src = write_tiny_csm(tmp_path / "src", layout="transformers", config=quantizable_tiny_config())
     out = tmp_path / "q8"
     result = CliRunner().invoke(cli, ["convert", "--model", str(src), "--quantize", "8", "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -65,7 +64,7 @@ def test_convert_writes_a_folder_the_loader_reads(tmp_path):
 
 
 def test_convert_refuses_a_non_empty_output(tmp_path):
-    src = write_tiny_csm(tmp_path / "src", layout="sesame", with_prompts=False, config=tiny_config())
+    src = write_tiny_csm(tmp_path / "src", layout="sesame", with_prompts=False, config=quantizable_tiny_config())
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     result = CliRunner().invoke(cli, ["convert", "--model", str(src), "-q", "4", "-o", str(tmp_path / "busy")])

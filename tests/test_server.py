@@ -32,7 +32,7 @@ import uvicorn  # noqa: E402
 
 from dialogue.server import create_app  # noqa: E402
 from dialogue.server.audio_formats import (  # noqa: E402
-    StreamEncoder, encode_audio, encode_stream, supported_formats, to_pcm16, wav_header)
+    StreamEncoder, encode_audio, supported_formats, to_pcm16, wav_header)
 from dialogue.server.names import is_safe_name  # noqa: E402
 
 TIMEOUT = 60.0  # seconds, per request
@@ -49,6 +49,12 @@ SHORT = 400.0  # max_audio_length_ms for quick generations (5 frames)
 def _tone(seconds=1.5):
     t = np.arange(int(SR * seconds)) / SR
     return (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def encode_stream(chunks, response_format: str) -> list[bytes]:
+    """The bytes a streamed response sends for these float chunks (as responses.py feeds them)."""
+    encoder = StreamEncoder(response_format)
+    return [encoder.encode(chunk) for chunk in chunks] + [encoder.finish()]
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])

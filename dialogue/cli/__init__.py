@@ -9,13 +9,13 @@ import pkgutil
 
 import click
 
+from .notices import install
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="csm-mlx-engine")
 def main() -> None:
     """Sesame CSM-1B speech on MLX: speak, clone, stream, converse, script podcasts."""
-    from .notices import install
-
     install()  # one warning format for every command
 
 

@@ -19,9 +19,15 @@ from pathlib import Path
 
 import click
 
-from .option_types import OptionType, model_option
+from engine.constants import FRAME_RATE
+from engine.errors import CSMError
 
 from .database import Database
+from .option_types import OptionType, load_for_command, model_option, precision_options
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
+
 
 EXISTING_DB = Database(existing=True)
 
@@ -29,7 +35,6 @@ EXISTING_DB = Database(existing=True)
 @contextlib.contextmanager
 def _user_errors():
     """The package's own errors become one-line CLI errors (no traceback)."""
-    from engine.errors import CSMError
     from storage import StorageError
 
     try:
@@ -62,6 +67,7 @@ def _read_only(db):
 @click.option("--speaker", type=OptionType("speaker"), default=0, show_default=True,
               help="Who speaks this turn (0, 1, ...).")
 @model_option()
+@precision_options
 @click.option("--voice", help="Pin this preset/registered voice for the speaker (kept for later turns).")
 @click.option("--ref_audio", "--ref-audio", "ref_audio", type=click.Path(exists=True, dir_okay=False),
               help="Pin a voice from this clip for the speaker (needs --ref_text).")
@@ -78,7 +84,7 @@ def _read_only(db):
               help="Backbone positions a prompt may use (default: the model's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write this turn's audio here (WAV or FLAC by extension).")
-def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperature, top_k, seed,
+def say(text, db, session, speaker, model, dtype, quantize, voice, ref_audio, ref_text, temperature, top_k, seed,
         max_audio_length_ms, context_limit, output):
     """Generate SPEAKER saying TEXT as the next turn of a stored conversation.
 
@@ -110,9 +116,7 @@ def say(text, db, session, speaker, model, voice, ref_audio, ref_text, temperatu
 
             check_voice_file(ref_audio, what="The reference clip")
             check_voice_clip(load_audio(ref_audio), ref_text.strip(), what="The reference clip")
-        from engine import load_model
-
-        csm = load_model(model)
+        csm = load_for_command(model, dtype, quantize)
         if voice is not None:
             if csm.voices is None:
                 raise click.UsageError(f"this model has no voices, so --voice {voice} is unknown")
@@ -173,7 +177,7 @@ def list_sessions(db):
         return
     width = max(len(r.name) for r in rows)
     for row in rows:
-        click.echo(f"{row.name:<{width}}  {row.turns:4d} turns  {row.frames * 0.08:8.1f} s  "
+        click.echo(f"{row.name:<{width}}  {row.turns:4d} turns  {row.frames / FRAME_RATE:8.1f} s  "
                    f"{row.voices} voices  created {row.created_at[:19]}")
 
 
@@ -186,17 +190,17 @@ def show_session(db, session):
         info = store.session(session)
         voices = store.voice_prompts(session)
         turns = store.turns(session)
-    click.echo(f"session {info.name}: {info.turns} turns, {info.frames * 0.08:.1f} s, created {info.created_at[:19]}")
+    click.echo(f"session {info.name}: {info.turns} turns, {info.frames / FRAME_RATE:.1f} s, created {info.created_at[:19]}")
     for speaker, voice in voices.items():
         origin = voice.meta.get("voice") or voice.meta.get("ref_audio") or "clip"
-        click.echo(f"  voice  speaker {speaker}: {origin} ({voice.frames * 0.08:.1f} s) {_short(voice.text)}")
+        click.echo(f"  voice  speaker {speaker}: {origin} ({voice.frames / FRAME_RATE:.1f} s) {_short(voice.text)}")
     for turn in turns:
         t = turn.timing
         figures = ""
         if turn.source == "generated":
             figures = (f" seed {turn.seed}, ttfa {t.get('time_to_first_audio') or 0:.2f} s, "
                        f"prefill {t.get('prefill_tokens')}/{(t.get('prefill_tokens') or 0) + (t.get('cached_tokens') or 0)}")
-        click.echo(f"  {turn.index:4d}  speaker {turn.speaker}  {turn.source:<9} {turn.frames * 0.08:5.1f} s"
+        click.echo(f"  {turn.index:4d}  speaker {turn.speaker}  {turn.source:<9} {turn.frames / FRAME_RATE:5.1f} s"
                    f"{figures}  {_short(turn.text)}")
 
 
@@ -308,7 +312,7 @@ def _export_json(db: Path, session: str, output: Path) -> None:
         "turns": [
             {
                 "index": t.index, "speaker": t.speaker, "text": t.text, "source": t.source,
-                "frames": t.frames, "duration_s": round(t.frames * 0.08, 3), "seed": t.seed,
+                "frames": t.frames, "duration_s": round(t.frames / FRAME_RATE, 3), "seed": t.seed,
                 "params": t.params, "timing": t.timing, "meta": t.meta,
                 "window_start": t.window_start, "created_at": t.created_at,
             }

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
+
 
 class Database(click.ParamType):
     """A conversation database: a `postgresql://...` URL (kept as the string given) or an SQLite

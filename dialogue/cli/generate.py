@@ -7,11 +7,16 @@ from pathlib import Path
 
 import click
 
-from .option_types import OptionType, model_option
+from engine.constants import SAMPLE_RATE
+from engine.errors import CSMError
+
+from .option_types import OptionType, load_for_command, model_option, precision_options
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
+
 
 NO_VOICE = "none"
-
-
 
 
 class _FrameBar:
@@ -89,6 +94,7 @@ def _read_text(text: str | None) -> str:
 
 @click.command("generate")
 @model_option("Model: a Hugging Face id, a local folder, or tiny-random (offline, noise).")
+@precision_options
 @click.option("--text", help="What to say (default: read from standard input).")
 @click.option("--voice", default="conversational_a", show_default=True,
               help="Voice preset or registered voice ('csm voices' lists them); 'none' for no voice prompt.")
@@ -114,7 +120,7 @@ def _read_text(text: str | None) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Audio file to write, WAV or FLAC by extension (default: output.wav unless --play).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(model, text, voice, ref_audio, ref_text, speaker, max_audio_length_ms, temperature, top_k,
+def generate(model, dtype, quantize, text, voice, ref_audio, ref_text, speaker, max_audio_length_ms, temperature, top_k,
              seed, stream, streaming_interval, voice_match, normalize, play, output, quiet) -> None:
     """Speak a line of text with CSM and write it to a WAV/FLAC file (and/or play it)."""
     text = _read_text(text)
@@ -128,8 +134,6 @@ def generate(model, text, voice, ref_audio, ref_text, speaker, max_audio_length_
 
     import numpy as np
 
-    from engine.errors import CSMError
-
     if output is not None:  # before any work: a place that cannot be written fails now
         from engine.audio import check_output_path
 
@@ -138,13 +142,11 @@ def generate(model, text, voice, ref_audio, ref_text, speaker, max_audio_length_
         except CSMError as error:
             raise click.ClickException(str(error)) from None
     bar = _FrameBar(enabled=not quiet)
-    player = _Player(24_000, only_output=output is None) if play else None  # before any work
+    player = _Player(SAMPLE_RATE, only_output=output is None) if play else None  # before any work
     pieces: list[np.ndarray] = []
     results = []
     try:
-        from engine import load_model
-
-        csm = load_model(model)
+        csm = load_for_command(model, dtype, quantize)
         for result in csm.generate(
             text=text, voice=voice, speaker=speaker, ref_audio=ref_audio, ref_text=ref_text,
             stream=stream, streaming_interval=streaming_interval,
@@ -170,7 +172,7 @@ def generate(model, text, voice, ref_audio, ref_text, speaker, max_audio_length_
             player.close()
 
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    sample_rate = results[0].sample_rate if results else 24_000
+    sample_rate = results[0].sample_rate if results else SAMPLE_RATE
     if output is not None:
         from engine.audio import save_audio
 
@@ -203,7 +205,6 @@ def _summary(results, audio, sample_rate: int, output: Path | None) -> str:
 def _library(model: str | None):
     """(VoiceLibrary, note): the model's presets and the registered voices; when the model cannot
     be found (not downloaded, offline), the registered voices alone and a note saying why."""
-    from engine.errors import CSMError
     from engine.voices import VoiceLibrary
 
     if model is None:
@@ -227,8 +228,6 @@ def voices(ctx: click.Context, model: str) -> None:
     """List voice presets and registered voices; 'csm voices add' registers one."""
     if ctx.invoked_subcommand is not None:
         return
-    from engine.errors import CSMError
-
     library, note = _library(model)
     rows = []
     for name in library.names():
@@ -237,8 +236,8 @@ def voices(ctx: click.Context, model: str) -> None:
         except CSMError as error:  # one broken voice does not hide the others
             rows.append((name, "broken", "", str(error).splitlines()[0][:60]))
             continue
-        seconds = len(voice.audio) / 24_000 if getattr(voice, "audio", None) is not None else 0.0
-        kind = getattr(voice, "source", None) or ""
+        seconds = len(voice.audio) / SAMPLE_RATE
+        kind = voice.source
         text = voice.text if len(voice.text) <= 60 else voice.text[:59] + "…"
         rows.append((name, kind, f"{seconds:.1f} s", text))
     if not rows:
@@ -260,8 +259,6 @@ def voices(ctx: click.Context, model: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a registered voice of the same name.")
 def voices_add(name: str, audio: str, text: str, speaker: int | None, overwrite: bool) -> None:
     """Register a voice NAME from a clip and its transcript (usable as --voice NAME)."""
-    from engine.errors import CSMError
-
     try:
         library, _ = _library(None)
         voice = library.register(name, audio, text, speaker=speaker, overwrite=overwrite)
@@ -274,8 +271,6 @@ def voices_add(name: str, audio: str, text: str, speaker: int | None, overwrite:
 @click.argument("name")
 def voices_remove(name: str) -> None:
     """Delete the registered voice NAME (presets cannot be removed)."""
-    from engine.errors import CSMError
-
     try:
         library, _ = _library(None)
         library.remove(name)

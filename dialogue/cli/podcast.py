@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from .option_types import model_option
+from engine.errors import CSMError
+
+from .option_types import load_for_command, model_option, precision_options
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
 
 
 @click.command("podcast")
@@ -17,11 +22,12 @@ from .option_types import model_option
               help="SQLite file holding the rendered lines (default: beside the output, show.db).")
 @click.option("--session", help="Session name in the database (default: the output's name).")
 @model_option()
+@precision_options
 @click.option("--restart", is_flag=True, help="Forget what was rendered before and render every line.")
 @click.option("--check", is_flag=True, help="Only validate the script; load no model, generate nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def podcast(script: Path, output: Path | None, db: Path | None, session: str | None, model: str,
-            restart: bool, check: bool, quiet: bool) -> None:
+            dtype: str | None, quantize: int | None, restart: bool, check: bool, quiet: bool) -> None:
     """Render the two-speaker show in SCRIPT (YAML) into one WAV.
 
     The whole script is checked first; every problem is listed with its line and nothing is
@@ -29,7 +35,6 @@ def podcast(script: Path, output: Path | None, db: Path | None, session: str | N
     stops, the same command continues from the first line not yet rendered; an edited line is
     rendered again together with the lines after it.
     """
-    from engine.errors import CSMError
     from dialogue.podcast import load_script, render
     from dialogue.podcast.preflight import script_problems
 
@@ -61,9 +66,7 @@ def podcast(script: Path, output: Path | None, db: Path | None, session: str | N
         raise click.ClickException(str(error)) from None
     done: list[int] = []
     try:
-        from engine import load_model
-
-        result = render(parsed, load_model(model), db=db, output=output, session=session,
+        result = render(parsed, load_for_command(model, dtype, quantize), db=db, output=output, session=session,
                         restart=restart, progress=not quiet,
                         on_line=lambda line, segment: done.append(line.number))
     except KeyboardInterrupt:

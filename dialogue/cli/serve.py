@@ -6,12 +6,19 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import click
 
+from engine.errors import CSMError, InputError
+
 from .database import Database
-from .option_types import model_option
+from .option_types import model_option, precision_options
+from .serve_cluster import serve_replicas
+
+# `csm --help` imports this module: numpy, MLX, storage and the optional extras are imported
+# inside the commands that use them.
 
 
 def _is_loopback(host: str) -> bool:
@@ -29,8 +36,6 @@ API_KEY_ENV = "CSM_API_KEY"
 def _api_key(given: str | None, key_file: Path | None) -> str | None:
     """The one API key from --api-key, --api-key-file or $CSM_API_KEY (None: no authentication).
     An empty key is refused: it would silently turn authentication off."""
-    import os
-
     sources = []
     if given is not None:
         sources.append(("--api-key", given))
@@ -67,6 +72,7 @@ def _finite(ctx, param, value):
 
 @click.command("serve")
 @model_option()
+@precision_options
 @click.option("--db", type=Database(), default=None,
               help="SQLite file for sessions (created if missing), or a postgresql:// URL "
                    "(which also keeps uploaded voices). Without it, the session endpoints "
@@ -108,8 +114,9 @@ def _finite(ctx, param, value):
                    "postgresql:// --db).")
 @click.option("--replica-cpus", "--replica_cpus", "replica_cpus", type=click.FloatRange(0.01, 1024),
               default=1.0, show_default=True, help="Ray CPUs reserved for each model replica.")
-def serve(model: str, db: Path | None, host: str, port: int, max_queue: int, max_batch: int,
-          kv_cache_gb: float | None, max_audio_ms: float | None, max_upload_mb: float,
+def serve(model: str, dtype: str | None, quantize: int | None, db: Path | None, host: str, port: int,
+          max_queue: int, max_batch: int, kv_cache_gb: float | None, max_audio_ms: float | None,
+          max_upload_mb: float,
           api_key: str | None, api_key_file: Path | None, log_level: str, replicas: int | None,
           ray_address: str | None, replica_cpus: float) -> None:
     """Serve speech over HTTP: OpenAI-compatible /v1/audio/speech plus sessions.
@@ -131,22 +138,25 @@ def serve(model: str, db: Path | None, host: str, port: int, max_queue: int, max
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach this "
                    "address can use the server", err=True)
     if replicas is not None or ray_address is not None:
-        from .serve_cluster import serve_replicas
-
+        if dtype is not None or quantize is not None:  # the replicas load the model as stored
+            raise click.UsageError("--dtype and --quantize apply to one server process; with "
+                                   "--replicas, serve a converted model (csm convert --quantize N)")
         serve_replicas(model=model, db=db, host=host, port=port, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
                        replicas=replicas or 1, ray_address=ray_address, replica_cpus=replica_cpus,
                        max_batch=max_batch, kv_cache_gb=kv_cache_gb, max_audio_ms=max_audio_ms)
         return
-    from engine.errors import CSMError
     from storage import StorageError
 
-    app = create_app(model, db, max_queue=max_queue,
+    app = create_app(model, db, dtype=dtype, quantize=quantize, max_queue=max_queue,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
                      max_batch=max_batch, kv_cache_gb=kv_cache_gb, max_audio_ms=max_audio_ms)
     click.echo(f"loading {model} ...", err=True)
     try:
         app.state.csm.start()  # on the model's own thread; a bad model or db fails here, cleanly
+    except InputError as error:  # an option the model refuses (--quantize on a quantized model)
+        app.state.csm.worker.stop()
+        raise click.UsageError(str(error)) from None
     except (CSMError, StorageError) as error:
         app.state.csm.worker.stop()
         raise click.ClickException(str(error)) from None

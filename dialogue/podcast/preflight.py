@@ -22,8 +22,16 @@ import math
 import warnings
 from pathlib import Path
 
-from engine.constants import SAMPLES_PER_FRAME, TINY_MODEL
-from engine.errors import CSMError
+from huggingface_hub import try_to_load_from_cache
+
+from engine.audio import load_audio
+from engine.checkpoints import resolve_model
+from engine.constants import SAMPLES_PER_FRAME, TINY_MODEL, TOKENIZER_FALLBACK_REPO
+from engine.errors import CSMError, InputError
+from engine.generator import frame_cap
+from engine.model import CSMModel
+from engine.text import TextTokenizer
+from engine.voices import PRESET_TRANSCRIPTS, VoiceLibrary, check_voice_clip, check_voice_file
 
 from .script import Script, ScriptError
 
@@ -65,14 +73,10 @@ def check_script(script: Script, model=None, *, model_name: str | None = None) -
 
 def script_problems(script: Script, model=None, *, model_name: str | None = None):
     """(problems as (line, message), notes) of check_script, without raising."""
-    from engine.voices import VoiceLibrary
-
     problems: list[tuple[int | None, str]] = []
     tokenizer, library, positions = None, None, DEFAULT_POSITIONS
     if model is not None:
-        tokenizer = getattr(model, "tokenizer", None)
-        library = getattr(model, "voices", None)
-        positions = int(getattr(model, "max_positions", DEFAULT_POSITIONS) or DEFAULT_POSITIONS)
+        tokenizer, library, positions = model.tokenizer, model.voices, model.max_positions
     else:
         folder = _local_folder(model_name)
         tokenizer = _local_tokenizer(folder)
@@ -101,9 +105,6 @@ def script_problems(script: Script, model=None, *, model_name: str | None = None
 def _speaker_voice(speaker, library, counter: _Counter, problems) -> int | None:
     """The rows of the speaker's voice prompt (None when unknown or it has none), reporting a
     voice that does not exist or a clip that cannot be used."""
-    from engine.audio import load_audio
-    from engine.voices import PRESET_TRANSCRIPTS, check_voice_clip, check_voice_file
-
     if speaker.voice is not None:
         known = set(library.names()) if library is not None else set()
         if speaker.voice not in known and speaker.voice not in PRESET_TRANSCRIPTS:
@@ -138,10 +139,6 @@ def _speaker_voice(speaker, library, counter: _Counter, problems) -> int | None:
 
 
 def _line_room(script: Script, line, pinned: int, positions: int, counter: _Counter) -> list:
-    from engine.errors import InputError
-    from engine.generator import frame_cap
-    from engine.model import CSMModel
-
     speaker = script.speaker(line.speaker)
     try:  # the model's own rule for what is spoken (a Conversation stores and counts that)
         spoken = " ".join(CSMModel._prepare_text(line.text, True).split())
@@ -168,8 +165,6 @@ def _local_folder(model_name: str | None) -> Path | None:
         return None
     if model_name == TINY_MODEL:
         try:
-            from engine.checkpoints import resolve_model
-
             return resolve_model(model_name)
         except CSMError:
             return None
@@ -177,8 +172,6 @@ def _local_folder(model_name: str | None) -> Path | None:
     if path.is_dir():
         return path
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         hit = try_to_load_from_cache(model_name, "config.json")
     except Exception:
         return None
@@ -191,10 +184,6 @@ def _local_tokenizer(folder: Path | None):
     if folder is not None:
         candidates.append(folder / "tokenizer.json")
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        from engine.constants import TOKENIZER_FALLBACK_REPO
-
         hit = try_to_load_from_cache(TOKENIZER_FALLBACK_REPO, "tokenizer.json")
         if isinstance(hit, str):
             candidates.append(Path(hit))
@@ -203,8 +192,6 @@ def _local_tokenizer(folder: Path | None):
     for path in candidates:
         if path.is_file():
             try:
-                from engine.text import TextTokenizer
-
                 return TextTokenizer.from_file(path)
             except CSMError:
                 continue

@@ -22,13 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile
 from tqdm.auto import tqdm
 
+from dialogue.conversation import Conversation
+from engine import load_model
+from engine.constants import SAMPLE_RATE
 from engine.errors import ContextTooLongError, CSMError
 
 from .mix import Chapter, chapters_path_for, mix, write_chapters
+from .preflight import check_script
 from .script import Line, Script, ScriptError, Speaker
-from engine.constants import SAMPLE_RATE
 
 __all__ = ["RenderResult", "line_seed", "render"]
 
@@ -77,17 +81,11 @@ def render(
     and renders every line. `on_line(line, segment)` is called after each line is generated and
     stored. Returns a RenderResult; the WAV and the chapters JSON are written beside each other.
     """
-    from dialogue.conversation import Conversation
-
     output = Path(output)
     db = Path(db) if db is not None else output.with_suffix(".db")
     session = session or output.stem
     if isinstance(model, (str, Path)):
-        from engine import load_model
-
         model = load_model(str(model))
-    from .preflight import check_script
-
     check_script(script, model)  # what `csm podcast --check` checks, before anything is stored
     voices = _check_voices(script, model)
 
@@ -143,11 +141,7 @@ def _check_voices(script: Script, model) -> list[dict]:
 
 
 def _voice_names(model) -> set[str] | None:
-    library = getattr(model, "voices", None)
-    if library is None:
-        return None
-    names = library.names() if callable(getattr(library, "names", None)) else library
-    return set(names)
+    return None if model.voices is None else set(model.voices.names())
 
 
 def _voice_identity(speaker: Speaker) -> dict:
@@ -175,10 +169,9 @@ def _effective_seed(line: Line, show_seed: int) -> int:
 
 def _model_identity(model) -> str | None:
     """Which model renders: its resolved folder (else its name), so a switch renders again."""
-    path = getattr(model, "path", None)
-    if path is not None:
-        return str(Path(path).resolve())
-    return getattr(model, "name", None) or None
+    if model.path is not None:
+        return str(Path(model.path).resolve())
+    return model.name or None
 
 
 def _line_identity(script: Script, line: Line, show_seed: int, voices: list[dict], model: str | None) -> dict:
@@ -288,8 +281,6 @@ def _clip(segment, model) -> np.ndarray:
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     """Written beside the target, then renamed over it, so a crash never leaves half a file."""
-    import soundfile
-
     temporary = path.with_name(path.name + ".partial")
     soundfile.write(str(temporary), audio, sample_rate, format="WAV", subtype="PCM_16")
     os.replace(temporary, path)

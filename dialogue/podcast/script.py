@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.option_checks import OPTIONS
 
 from .yaml_nodes import (
     MappingNode,
@@ -379,8 +380,6 @@ def _shown(node: Node) -> str:
 def _checked(node: Node, key: str, problems: _Problems, option: str | None = None):
     """The value of `node` checked as the option `option` (default `key`) exactly as the Python
     API and the command line check it (engine.option_checks); None after reporting a problem."""
-    from engine.option_checks import OPTIONS
-
     spec = OPTIONS[option or key]
     value = scalar_value(node)
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from engine.constants import FRAME_RATE
 from engine.errors import InputError
 from engine.option_checks import OPTIONS
 
@@ -49,6 +50,8 @@ class ServerSettings:
     max_batch: int = 8  # generation requests whose frames are computed together
     kv_cache_gb: float | None = None  # KV caches kept for sessions (None: sized from the machine)
     max_audio_ms: float | None = None  # the most audio one request may ask for
+    dtype: str | None = None  # load_model(dtype=): the float weights' dtype (None: the device's)
+    quantize: int | None = None  # load_model(quantize=): bits to quantize to at load (None: as stored)
 
 
 class ServerState:
@@ -57,7 +60,8 @@ class ServerState:
     def __init__(self, settings: ServerSettings, model=None) -> None:
         self.settings = settings
         cache_bytes = None if settings.kv_cache_gb is None else int(settings.kv_cache_gb * 1024**3)
-        self.backend = Backend(settings.model, settings.db, model=model, cache_bytes=cache_bytes)
+        self.backend = Backend(settings.model, settings.db, model=model, cache_bytes=cache_bytes,
+                               dtype=settings.dtype, quantize=settings.quantize)
         self.worker = Worker(max_queue=settings.max_queue, on_exit=self.backend.release_thread,
                              max_batch=settings.max_batch)
         self.ready = False
@@ -80,8 +84,10 @@ class ServerState:
 def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
                max_queue: int = 8, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                api_key: str | None = None, loaded_model=None, max_batch: int = 8,
-               kv_cache_gb: float | None = None, max_audio_ms: float | None = None) -> FastAPI:
-    """The server application. `loaded_model` skips loading (it must not be used elsewhere).
+               kv_cache_gb: float | None = None, max_audio_ms: float | None = None,
+               dtype: str | None = None, quantize: int | None = None) -> FastAPI:
+    """The server application. `loaded_model` skips loading (it must not be used elsewhere);
+    `dtype`, `quantize`: as load_model takes them, for the model loaded by name.
     `max_batch`: requests generated together (1: one at a time); `kv_cache_gb`: KV caches kept
     for sessions; `max_audio_ms`: the most audio one request may ask for."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
@@ -90,7 +96,7 @@ def create_app(model: str = "sesame/csm-1b", db: str | Path | None = None, *,
     settings = ServerSettings(model=model, db=db, max_queue=max_queue,
                               max_upload_bytes=max_upload_bytes, api_key=api_key,
                               max_batch=max_batch, kv_cache_gb=kv_cache_gb,
-                              max_audio_ms=max_audio_ms)
+                              max_audio_ms=max_audio_ms, dtype=dtype, quantize=quantize)
     state = ServerState(settings, model=loaded_model)
 
     @asynccontextmanager
@@ -302,7 +308,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
 
     def session_json(info) -> dict:
         return {"id": info.name, "object": "session", "created_at": info.created_at,
-                "turn_count": info.turns, "duration_s": round(info.frames * 0.08, 2),
+                "turn_count": info.turns, "duration_s": round(info.frames / FRAME_RATE, 2),
                 "voice_count": info.voices, "meta": info.meta}
 
     def session_name(session_id: str) -> str:
@@ -334,7 +340,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
                                  "voice": (p.meta or {}).get("voice")}
                                 for p in s.voice_prompts(name).values()]
         out["turns"] = [{"index": t.index, "speaker": t.speaker, "text": t.text,
-                         "source": t.source, "duration_s": round(t.frames * 0.08, 2),
+                         "source": t.source, "duration_s": round(t.frames / FRAME_RATE, 2),
                          "seed": t.seed, "params": t.params, "created_at": t.created_at}
                         for t in s.turns(name)]
         return out

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Iterable
 
 import numpy as np
 import soundfile as sf
-from engine.constants import SAMPLE_RATE
 
+from engine.constants import SAMPLE_RATE
 
 MEDIA_TYPES = {
     "wav": "audio/wav",
@@ -215,15 +214,3 @@ class StreamEncoder:
             return b""
         self._file.close()
         return self._sink.take_new_bytes()
-
-
-def encode_stream(chunks: Iterable, response_format: str) -> Iterable[bytes]:
-    """Convenience: iterate the bytes of a stream built from float chunks."""
-    encoder = StreamEncoder(response_format)
-    for chunk in chunks:
-        data = encoder.encode(chunk)
-        if data:
-            yield data
-    tail = encoder.finish()
-    if tail:
-        yield tail

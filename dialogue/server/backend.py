@@ -7,12 +7,24 @@ ever touched by the HTTP side.
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from dialogue.conversation import Conversation
+from dialogue.shared_voices import DatabaseVoices
+from engine import load_model
+from engine.audio import check_duration, load_audio
+from engine.constants import FRAME_RATE, SAMPLE_RATE
+from engine.errors import AudioError
+from engine.option_checks import OPTIONS
+from engine.voices import check_voice_clip, check_voice_file, clip_warnings
+from storage import is_postgres_url, open_store
 
 from .errors import APIError
 
@@ -30,44 +42,38 @@ class AudioChunk:
 
 def _chunk_from_result(result) -> AudioChunk:
     audio = np.asarray(result.audio, dtype=np.float32).reshape(-1)  # MLX -> numpy, here
-    codes = getattr(result, "codes", None)
-    frames = int(codes.shape[0]) if codes is not None and getattr(codes, "ndim", 0) == 2 else 0
-    prompt = int(getattr(result, "prefill_tokens", 0) or 0) + int(
-        getattr(result, "cached_tokens", 0) or 0)
-    return AudioChunk(audio=audio, seed=getattr(result, "seed", None), frames=frames,
-                      prompt_tokens=prompt)
+    return AudioChunk(audio=audio, seed=result.seed, frames=int(result.codes.shape[0]),
+                      prompt_tokens=int(result.prompt_tokens))
 
 
 class Backend:
     """Model, store and conversations; used only from the worker thread."""
 
     def __init__(self, model_name: str, db_path: str | Path | None, model=None,
-                 cache_bytes: int | None = None) -> None:
+                 cache_bytes: int | None = None, dtype: str | None = None,
+                 quantize: int | None = None) -> None:
         self.model_name = model_name
         self.cache_bytes = cache_bytes
-        from storage import is_postgres_url
-
+        self.dtype, self.quantize = dtype, quantize  # for load_model, when no model is given
         # an SQLite file, or a postgresql:// URL (kept as given: a Path would mangle it)
         self.db_path = db_path if db_path is None or is_postgres_url(db_path) else Path(db_path)
         self.model = model
         self.store = None
+        self._local_voices = None  # the model's own voice library while DatabaseVoices stands in
         self._conversations: dict[str, Any] = {}
 
     # -- start-up ----------------------------------------------------------------------------
     def load(self) -> None:
         if self.model is None:
-            from engine import load_model
-
-            self.model = load_model(self.model_name, cache_bytes=self.cache_bytes)
+            self.model = load_model(self.model_name, dtype=self.dtype, quantize=self.quantize,
+                                    cache_bytes=self.cache_bytes)
         elif self.cache_bytes is not None:
             self.model.generator.streams.budget_bytes = self.cache_bytes
         if self.db_path is not None:
             self.store = self.open_store()
-            if self.store.shares_voices and getattr(self.model, "voices", None) is not None:
+            if self.store.shares_voices and self.model.voices is not None:
                 # a shared database (PostgreSQL) keeps the uploaded voices, so that every replica
                 # of this server sees them; an SQLite file leaves them in the local folder
-                from dialogue.shared_voices import DatabaseVoices
-
                 self._local_voices = self.model.voices  # put back by close()
                 self.model.voices = DatabaseVoices(self.model.voices, self.store)
 
@@ -77,12 +83,9 @@ class Backend:
 
     def cached_sessions(self) -> int:
         """Conversations whose KV cache the generator holds (anonymous requests share one)."""
-        generator = getattr(self.model, "generator", None)
-        return len(generator.streams) if generator is not None else 0
+        return len(self.model.generator.streams) if self.model is not None else 0
 
     def open_store(self):
-        from storage import open_store
-
         return open_store(self.db_path)
 
     @staticmethod
@@ -90,15 +93,13 @@ class Backend:
         """Free the MLX streams this (worker) thread made. MLX asks each thread that used it to
         do this before it ends; otherwise the process may abort at exit ("terminate called
         without an active exception")."""
-        import sys
-
         mx = sys.modules.get("mlx.core")
         if mx is not None and hasattr(mx, "clear_streams"):
             mx.clear_streams()
 
     def close(self) -> None:
         self._conversations.clear()
-        if getattr(self, "_local_voices", None) is not None:
+        if self._local_voices is not None:
             self.model.voices, self._local_voices = self._local_voices, None
         if self.store is not None:
             self.store.close()
@@ -127,12 +128,6 @@ class Backend:
                        overwrite: bool = False) -> dict:
         """Validate the clip (real, readable audio, at most a voice's length: checked from its
         header before it is decoded) and register it under `name`."""
-        import warnings
-
-        from engine.audio import load_audio
-        from engine.errors import AudioError
-        from engine.voices import check_voice_clip, check_voice_file, clip_warnings
-
         check_voice_file(audio_path, what="The uploaded clip", name="the uploaded clip")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # quality notes are returned to the client instead
@@ -140,9 +135,9 @@ class Backend:
             if audio.size == 0 or not np.isfinite(audio).all():
                 raise AudioError("the uploaded clip has no usable samples; upload a recording")
             check_voice_clip(audio, transcript, what="The uploaded clip")
-            notes = clip_warnings(audio, 24_000, "The clip")
+            notes = clip_warnings(audio, SAMPLE_RATE, "The clip")
             self.model.voices.register(name, audio, transcript, overwrite=overwrite)
-        return {"name": name, "duration_s": round(audio.size / 24_000, 3), "warnings": notes}
+        return {"name": name, "duration_s": round(audio.size / SAMPLE_RATE, 3), "warnings": notes}
 
     def remove_voice(self, name: str) -> None:
         """Delete an uploaded voice: 404 when there is none of that name, 409 for a preset."""
@@ -176,8 +171,6 @@ class Backend:
         return self.store
 
     def conversation(self, session: str, create: bool = False):
-        from dialogue.conversation import Conversation
-
         store = self._require_store()
         conv = self._conversations.get(session)
         if conv is not None and store.has_session(session):
@@ -193,8 +186,6 @@ class Backend:
     def create_session(self, session: str, voices: dict[int, str], meta: dict) -> None:
         """Create the session with its pinned voices, all or nothing: everything is checked
         first, and a voice that fails to pin removes the session again."""
-        from engine.option_checks import OPTIONS
-
         store = self._require_store()
         if store.has_session(session):
             raise APIError(409, f"session {session!r} already exists", param="id",
@@ -241,11 +232,6 @@ class Backend:
 
     def add_recording(self, session: str, speaker: int, text: str, audio_path: Path) -> dict:
         """A recorded turn (real speech and its transcript), Mimi-encoded once and stored."""
-        from engine.audio import load_audio
-
-        from engine.audio import check_duration
-        from engine.option_checks import OPTIONS
-
         conv = self.conversation(session)
         longest = OPTIONS["max_audio_length_ms"].maximum / 1000  # a longer turn can never fit
         check_duration(audio_path, longest, what="The uploaded recording",
@@ -255,7 +241,7 @@ class Backend:
         segment = conv.add(speaker, text, audio)
         turn = conv.turns[-1]
         return {"index": turn.index, "speaker": int(segment.speaker), "text": segment.text,
-                "source": turn.source, "duration_s": round(segment.codes.shape[0] * 0.08, 2)}
+                "source": turn.source, "duration_s": round(segment.codes.shape[0] / FRAME_RATE, 2)}
 
     def turn_audio(self, session: str, index: int) -> np.ndarray:
         """One turn's audio: as stored (a recording), else decoded from its codes."""

@@ -7,15 +7,20 @@ large, 503 queue full (with Retry-After), 500 anything unexpected (logged, messa
 from __future__ import annotations
 
 import logging
+import os
 import re
+import tempfile
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dialogue.conversation import SessionBusyError
 from engine.errors import (AudioError, ContextTooLongError, CSMError, InputError, VoiceError,
                            WeightsError)
+from engine.voices import default_user_dir
+from storage import SessionNotFoundError, StorageError
 
 from .audio_formats import UnsupportedFormat
 from .worker import JobCancelled, QueueFull, WorkerStopped
@@ -54,13 +59,8 @@ class APIError(Exception):
 
 def _server_paths() -> list[tuple[str, str]]:
     """Folders of this machine that replies must not show, and what to say instead."""
-    import os
-    import tempfile
-
     paths = [(tempfile.gettempdir(), "<temporary file>")]
     try:
-        from engine.voices import default_user_dir
-
         paths.append((str(default_user_dir()), "<voices>"))
     except Exception:  # pragma: no cover - engine is part of this distribution
         pass
@@ -106,22 +106,16 @@ def _as_api_error(error: BaseException) -> APIError:
         return APIError(400, str(error), code="invalid_audio")
     if isinstance(error, VoiceError):
         return APIError(400, str(error), param="voice", code="invalid_voice")
-    from dialogue.conversation import SessionBusyError
-
     if isinstance(error, SessionBusyError):  # one writer per session
         return APIError(409, str(error), param="session_id", code="session_busy")
     if isinstance(error, InputError):
         return APIError(400, str(error), code="invalid_input")
-    try:
-        from storage import SessionNotFoundError, StorageError
-    except ImportError:  # pragma: no cover - storage is part of this distribution
-        SessionNotFoundError = StorageError = ()
-    if SessionNotFoundError and isinstance(error, SessionNotFoundError):
+    if isinstance(error, SessionNotFoundError):
         return APIError(404, str(error), param="session_id", code="session_not_found")
     if isinstance(error, WeightsError):
         log.error("model files problem: %s", error)
         return APIError(500, f"the model cannot run: {error}", code="weights_error")
-    if StorageError and isinstance(error, StorageError):
+    if isinstance(error, StorageError):
         log.error("storage problem: %s", error)
         return APIError(500, f"the conversation database cannot be used: {error}",
                         code="storage_error")

@@ -20,9 +20,11 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from engine.constants import SAMPLE_RATE
+
 from .audio_formats import MEDIA_TYPES, StreamEncoder, encode_audio
 from .backend import AudioChunk
-from .errors import APIError
+from .errors import APIError, as_api_error
 from .worker import Job
 
 log = logging.getLogger("csm.server")
@@ -64,7 +66,7 @@ def _headers(first: AudioChunk | None, extra: dict[str, str] | None) -> dict[str
 
 async def audio_response(request: Request, job: Job, response_format: str, *, streaming: bool,
                          sse: bool = False, headers: dict[str, str] | None = None,
-                         sample_rate: int = 24_000) -> Response:
+                         sample_rate: int = SAMPLE_RATE) -> Response:
     items = job.items()
     try:
         try:
@@ -161,8 +163,6 @@ async def _sse_body(first: AudioChunk | None, items: AsyncIterator,
         raise
     except Exception as error:
         log.exception("generation failed mid-stream")
-        from .errors import as_api_error
-
         yield _sse_event({"type": "error", **as_api_error(error).body()})
     finally:
         await items.aclose()

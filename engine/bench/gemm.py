@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from ..cpu import gemm as G
+from ..csm import llama_1b
 
 GROUP = 64
 
@@ -95,8 +96,6 @@ def rest_of_block(args, rows: int, context: int, rng) -> float:
 
 
 def run(ns) -> dict:
-    from ..csm import llama_1b
-
     args = llama_1b()
     if ns.layers:
         args.n_layers = ns.layers

@@ -39,81 +39,19 @@ import time
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
+from engine.checkpoints.tiny import quantizable_tiny_config as tiny_config  # the name bench/conversation.py imports
+from engine.checkpoints.tiny import random_csm, random_prompt
 from engine.cpu.blas import ENV_SWITCH, blas_info
 from engine.csm import CSM, CSMConfig, csm_1b_config
 from engine.device import DTYPES, default_dtype
-from engine.llama import LlamaArgs
 
 FRAME_SECONDS = 0.08  # one Mimi frame
 RESULT_KEYS = (
     "frames_per_second", "real_time_factor", "time_to_first_audio", "prefill_rows_per_second",
     "mimi_decode_realtime_multiple", "peak_memory_gb", "load_seconds", "device", "mlx_version", "blas",
 )
-
-
-def tiny_config() -> CSMConfig:
-    """A small CSM with the real vocabulary and codebook count (so sampling costs the same shape)."""
-    scaling = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192}
-    backbone = LlamaArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=256,
-                         rope_scaling=scaling, max_seq_len=512)
-    decoder = LlamaArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128,
-                        rope_scaling=scaling, max_seq_len=512)
-    return CSMConfig(backbone=backbone, decoder=decoder, text_vocab_size=512, max_seq_len=512)
-
-
-def random_csm(config: CSMConfig, dtype=mx.float32, seed: int = 0, std: float = 0.02) -> CSM:
-    """A CSM with random normal weights (norms at 1), made directly in `dtype` on the device.
-
-    Drawing 1.5 B normal numbers costs minutes on a small CPU, so every tensor is cut from one pool
-    of (up to) 2^24 + 43 draws at a random offset; the pool length divides no row length, so no two rows are
-    equal. For timing (and for quantization error on random weights) that is as good as fresh draws.
-    """
-    model = CSM(config)
-    params = tree_flatten(model.parameters())
-    pool_size = min(1 << 24, max(p.size for _, p in params) // 4) + 43
-    pool = mx.random.normal((pool_size,), dtype=dtype, scale=std, key=mx.random.key(seed))
-    mx.eval(pool)
-    rng = np.random.default_rng(seed)
-    new = []
-    for name, p in params:
-        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-            value = mx.ones(p.shape, dtype=dtype)
-        else:
-            value = _cut(pool, int(rng.integers(0, pool_size)), p.size).reshape(p.shape)
-        mx.eval(value)  # one tensor at a time: the peak stays near the model's size
-        new.append((name, value))
-    model.update(tree_unflatten(new))
-    return model
-
-
-def _cut(pool: mx.array, start: int, size: int) -> mx.array:
-    """`size` values of `pool` read cyclically from `start`, in a buffer of their own (a slice of a
-    tiled pool would keep the whole tiled buffer alive)."""
-    n = pool.shape[0]
-    parts, left = [], size
-    while left > 0:
-        take = min(left, n - start)
-        parts.append(pool[start : start + take])
-        left -= take
-        start = 0
-    return parts[0] + 0 if len(parts) == 1 else mx.concatenate(parts)
-
-
-def random_prompt(rows: int, config: CSMConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`rows` prompt rows like a voice prompt: a text segment (1 in 4 rows) then audio rows."""
-    rng = np.random.default_rng(seed)
-    K = config.audio_num_codebooks
-    tokens = np.zeros((rows, K + 1), np.int32)
-    mask = np.zeros((rows, K + 1), np.bool_)
-    n_text = max(1, rows // 4)
-    tokens[:n_text, K] = rng.integers(0, config.text_vocab_size, n_text)
-    mask[:n_text, K] = True
-    tokens[n_text:, :K] = rng.integers(0, 2048, (rows - n_text, K))
-    mask[n_text:, :K] = True
-    return tokens, mask
 
 
 def build_model(args) -> tuple[CSM, float, dict | None]:

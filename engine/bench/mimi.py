@@ -28,6 +28,7 @@ import time
 import mlx.core as mx
 import numpy as np
 
+from engine.constants import MS_PER_FRAME
 from engine.cpu.blas import ENV_SWITCH, blas_info
 from engine.mimi import Mimi, mimi_from_weights, MimiConfig
 from engine.mimi.testing import tiny_mimi_config, tiny_mimi_weights, tiny_test_signal
@@ -96,7 +97,7 @@ def format_table(r: dict) -> str:
             n = key[len("stream"):-len("_x_realtime")]
             lines.append(f"  stream, {n:>2} frame(s)   {r[key]:7.2f} x real time   chunk latency "
                          f"median {r[f'stream{n}_chunk_ms_median']:.1f} ms, p90 {r[f'stream{n}_chunk_ms_p90']:.1f} ms "
-                         f"(for {int(n) * 80} ms of audio)")
+                         f"(for {int(n) * MS_PER_FRAME} ms of audio)")
     if "encode_x_realtime" in r:
         lines.append(f"  encode (whole)        {r['encode_x_realtime']:7.2f} x real time")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -67,8 +68,6 @@ class ForwardClock:
 def rss_gb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
@@ -77,7 +76,7 @@ BACKBONE = dict(layers=16, dim=2048, heads=32, kv_heads=8, head_dim=64, hidden=8
 
 def products(rows: int, rounds: int, n_layers: int = BACKBONE["layers"]) -> dict:
     """Wall and CPU seconds of one block through the backbone's linear maps, torch bfloat16."""
-    import torch
+    import torch  # lazy (also below): torch and transformers are optional, for this peer only
     import torch.nn.functional as F
 
     b = BACKBONE

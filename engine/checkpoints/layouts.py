@@ -22,6 +22,7 @@ import re
 
 import mlx.core as mx
 
+from engine.constants import NUM_CODEBOOKS
 from engine.csm import CSMConfig, llama_1b, llama_100m
 from engine.errors import WeightsError
 from engine.llama import LlamaArgs
@@ -110,12 +111,12 @@ def _hf_llama_args(cfg: dict, where: str) -> LlamaArgs:
 def _transformers_config(config: dict) -> CSMConfig:
     backbone = _hf_llama_args(config, "config.json")
     decoder = _hf_llama_args(config.get("depth_decoder_config") or {}, "config.json depth_decoder_config")
-    decoder.max_seq_len = max(decoder.max_seq_len, whole(config.get("num_codebooks", 32), "num_codebooks"))
+    decoder.max_seq_len = max(decoder.max_seq_len, whole(config.get("num_codebooks", NUM_CODEBOOKS), "num_codebooks"))
     return CSMConfig(
         backbone=backbone, decoder=decoder,
         text_vocab_size=whole(config.get("text_vocab_size", 128256), "text_vocab_size"),
         audio_vocab_size=whole(config.get("vocab_size", 2051), "vocab_size"),
-        audio_num_codebooks=whole(config.get("num_codebooks", 32), "num_codebooks"),
+        audio_num_codebooks=whole(config.get("num_codebooks", NUM_CODEBOOKS), "num_codebooks"),
         max_seq_len=backbone.max_seq_len,
     )
 
@@ -141,7 +142,7 @@ def _sesame_config(config: dict) -> CSMConfig:
         backbone=backbone, decoder=decoder,
         text_vocab_size=whole(config.get("text_vocab_size", 128256), "text_vocab_size"),
         audio_vocab_size=whole(config.get("audio_vocab_size", 2051), "audio_vocab_size"),
-        audio_num_codebooks=whole(config.get("audio_num_codebooks", 32), "audio_num_codebooks"),
+        audio_num_codebooks=whole(config.get("audio_num_codebooks", NUM_CODEBOOKS), "audio_num_codebooks"),
         max_seq_len=backbone.max_seq_len,
     )
 

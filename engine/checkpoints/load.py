@@ -11,19 +11,18 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from engine.csm import CSM
+from engine.device import default_dtype as measured_default
 from engine.errors import WeightsError, short_listing
-
 from engine.files import read_config, read_weights
-from .sanity import check_tensors
+
 from .layouts import csm_config_from, detect_layout, map_names, source_name, unpermute_qk
 from .resolve import resolve_model
+from .sanity import check_tensors
 
 
 def default_dtype():
     """The per-device default chosen by measurement (engine.device): bfloat16 on a GPU and on a CPU
     where the native CPU backend runs, float32 on other CPUs, `CSM_DTYPE` overriding any."""
-    from engine.device import default_dtype as measured_default
-
     return measured_default()
 
 

@@ -16,8 +16,9 @@ from engine.constants import (
     TOKENIZER_FALLBACK_REPO,
 )
 from engine.errors import WeightsError
-
 from engine.files import hub_file, hub_snapshot, looks_like_hub_id, read_config, safetensors_keys, weight_files
+
+from .tiny import tiny_random_path
 
 # What a model repo needs to be run by us (never the multi-GB ckpt.pt duplicates).
 MODEL_FILE_PATTERNS = [
@@ -30,8 +31,6 @@ def resolve_model(name_or_path: str | Path) -> Path:
     """The local folder of a model: `tiny-random`, a folder, or a hub id (downloaded, cached)."""
     name = str(name_or_path)
     if name == TINY_MODEL:
-        from .tiny import tiny_random_path
-
         return tiny_random_path()
     path = Path(name).expanduser()
     if path.is_dir():

@@ -1,7 +1,10 @@
-"""Tiny random CSM models in the real on-disk formats, for tests, notebooks and the `tiny-random` name.
+"""Random CSM models: tiny ones in the real on-disk formats (for tests, notebooks and the
+`tiny-random` name), and networks of any size in memory (for benchmarks and tests).
 
     folder = write_tiny_csm(tmp, layout="transformers")   # or "sesame", "mlx" (quantize={...})
     path = tiny_random_path()                             # $CSM_HOME/tiny-random, built once
+    model = random_csm(quantizable_tiny_config())         # in memory; random_csm(csm_1b_config()): full size
+    tokens, mask = random_prompt(16, model.config)        # prompt rows like a voice prompt
 
 A tiny model folder holds everything the product needs, so every feature runs offline on it (its
 audio is noise: the weights are random):
@@ -34,11 +37,16 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
+import soundfile as sf
+from mlx.utils import tree_flatten, tree_unflatten
 
-from engine.constants import csm_home
+from engine.constants import SAMPLE_RATE, csm_home
 from engine.csm import CSM, CSMConfig
 from engine.llama import LlamaArgs
+from engine.mimi.testing import tiny_test_signal, write_tiny_mimi
+from engine.text import build_tiny_tokenizer
+
+from .layouts import source_name
 
 TINY_VERSION = "1"  # bump when the tiny model's content changes: cached copies are rebuilt
 TINY_TEXT_VOCAB = 512
@@ -84,6 +92,77 @@ def random_csm_weights(config: CSMConfig, seed: int = 0) -> dict[str, np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
+# In-memory random networks of any size (benchmarks and tests) and random prompts
+
+
+def quantizable_tiny_config() -> CSMConfig:
+    """A small CSM whose every layer quantizes at the default group size of 64 (widths 128 and 64),
+    with the real audio vocabulary and codebook count (so sampling costs the same shape): the
+    benchmark's `--size tiny`, and the quantization and CPU-kernel tests."""
+    scaling = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    backbone = LlamaArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=256,
+                         rope_scaling=scaling, max_seq_len=512)
+    decoder = LlamaArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128,
+                        rope_scaling=scaling, max_seq_len=512)
+    return CSMConfig(backbone=backbone, decoder=decoder, text_vocab_size=512, max_seq_len=512)
+
+
+def random_csm(config: CSMConfig | None = None, dtype=mx.float32, seed: int = 0, std: float = 0.02) -> CSM:
+    """A CSM with random normal weights (norms at 1), made directly in `dtype` on the device, in
+    memory (write_tiny_csm writes a model folder). `config`: default tiny_csm_config(); the benchmark
+    passes csm_1b_config() for the full size.
+
+    Drawing 1.5 B normal numbers costs minutes on a small CPU, so every tensor is cut from one pool
+    of (up to) 2^24 + 43 draws at a random offset; the pool length divides no row length, so no two rows are
+    equal. For timing (and for quantization error on random weights) that is as good as fresh draws.
+    """
+    model = CSM(config or tiny_csm_config())
+    params = tree_flatten(model.parameters())
+    pool_size = min(1 << 24, max(p.size for _, p in params) // 4) + 43
+    pool = mx.random.normal((pool_size,), dtype=dtype, scale=std, key=mx.random.key(seed))
+    mx.eval(pool)
+    rng = np.random.default_rng(seed)
+    new = []
+    for name, p in params:
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            value = mx.ones(p.shape, dtype=dtype)
+        else:
+            value = _cut(pool, int(rng.integers(0, pool_size)), p.size).reshape(p.shape)
+        mx.eval(value)  # one tensor at a time: the peak stays near the model's size
+        new.append((name, value))
+    model.update(tree_unflatten(new))
+    return model
+
+
+def _cut(pool: mx.array, start: int, size: int) -> mx.array:
+    """`size` values of `pool` read cyclically from `start`, in a buffer of their own (a slice of a
+    tiled pool would keep the whole tiled buffer alive)."""
+    n = pool.shape[0]
+    parts, left = [], size
+    while left > 0:
+        take = min(left, n - start)
+        parts.append(pool[start : start + take])
+        left -= take
+        start = 0
+    return parts[0] + 0 if len(parts) == 1 else mx.concatenate(parts)
+
+
+def random_prompt(rows: int, config: CSMConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` prompt rows like a voice prompt: a text segment (1 in 4 rows) then audio rows."""
+    rng = np.random.default_rng(seed)
+    K = config.audio_num_codebooks
+    tokens = np.zeros((rows, K + 1), np.int32)
+    mask = np.zeros((rows, K + 1), np.bool_)
+    n_text = max(1, rows // 4)
+    tokens[:n_text, K] = rng.integers(0, config.text_vocab_size, n_text)
+    mask[:n_text, K] = True
+    tokens[n_text:, :K] = rng.integers(0, 2048, (rows - n_text, K))
+    mask[n_text:, :K] = True
+    return tokens, mask
+
+
+# ---------------------------------------------------------------------------------------------
 # Our names -> a layout's names (the inverse of layouts.py)
 
 
@@ -97,8 +176,6 @@ def _to_rotate_half(w: np.ndarray, n_heads: int) -> np.ndarray:
 def weights_in_layout(weights: dict, config: CSMConfig, layout: str, prefix: str = "model.") -> dict:
     """Our-named tensors (NumPy or MLX) renamed (and q/k permuted) for `layout`.
     `prefix` is used by the mlx layout only ("model." as mlx-audio writes, or "")."""
-    from .layouts import source_name
-
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     out = {}
@@ -217,17 +294,13 @@ def save_csm(folder, weights: dict | CSM, config: CSMConfig, layout: str = "mlx"
 
 def write_prompts(folder, seconds_scale: float = 1.0) -> Path:
     """prompts/<voice>.wav (24 kHz mono PCM16) and prompts/<voice>.txt (the transcript)."""
-    import soundfile as sf
-
-    from engine.mimi.testing import tiny_test_signal
-
     prompts = Path(folder) / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
     for i, (voice, (text, seconds)) in enumerate(PROMPTS.items()):
-        audio = tiny_test_signal(int(24000 * seconds * seconds_scale))
+        audio = tiny_test_signal(int(SAMPLE_RATE * seconds * seconds_scale))
         if i % 2:
             audio = 0.9 * audio[::-1]  # a different "voice"
-        sf.write(str(prompts / f"{voice}.wav"), np.ascontiguousarray(audio), 24000, subtype="PCM_16")
+        sf.write(str(prompts / f"{voice}.wav"), np.ascontiguousarray(audio), SAMPLE_RATE, subtype="PCM_16")
         (prompts / f"{voice}.txt").write_text(text + "\n", encoding="utf-8")
     return prompts
 
@@ -236,15 +309,11 @@ def write_tiny_csm(folder, layout: str = "transformers", seed: int = 0, with_cod
                    with_tokenizer: bool = True, with_prompts: bool = True, quantize: dict | None = None,
                    prefix: str = "model.", config: CSMConfig | None = None) -> Path:
     """Write a complete tiny random model into `folder` (created) and return it."""
-    from engine.text import build_tiny_tokenizer
-
     folder = Path(folder)
     config = config or tiny_csm_config()
     weights = random_csm_weights(config, seed)
     codec = None
     if with_codec:
-        from engine.mimi.testing import write_tiny_mimi
-
         if layout == "transformers":
             codec = write_tiny_mimi({}, layout="transformers", seed=seed)
         else:
@@ -255,7 +324,6 @@ def write_tiny_csm(folder, layout: str = "transformers", seed: int = 0, with_cod
     if with_prompts:
         write_prompts(folder)
     return folder
-
 
 
 def tiny_random_path() -> Path:
@@ -288,6 +356,6 @@ def tiny_random_path() -> Path:
 
 
 __all__ = [
-    "tiny_csm_config", "random_csm_weights", "weights_in_layout", "transformers_config", "flavors_config",
+    "tiny_csm_config", "random_csm_weights", "quantizable_tiny_config", "random_csm", "random_prompt", "weights_in_layout", "transformers_config", "flavors_config",
     "save_csm", "write_prompts", "write_tiny_csm", "tiny_random_path",
 ]

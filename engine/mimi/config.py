@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from ..constants import FRAME_RATE, NUM_CODEBOOKS, SAMPLE_RATE
 from ..errors import WeightsError
 
 
 @dataclass
 class MimiConfig:
-    sample_rate: int = 24000
+    sample_rate: int = SAMPLE_RATE
     channels: int = 1
     hidden_size: int = 512  # SEANet latent dim = transformer width = quantizer input/output
     num_filters: int = 64  # channels after the first SEANet conv (doubled at each encoder stage)
@@ -34,7 +35,7 @@ class MimiConfig:
     # quantizer
     codebook_size: int = 2048
     codebook_dim: int = 256
-    num_quantizers: int = 32
+    num_quantizers: int = NUM_CODEBOOKS
     num_semantic_quantizers: int = 1
     # transformers (encoder and decoder)
     num_layers: int = 8
@@ -45,7 +46,7 @@ class MimiConfig:
     rope_theta: float = 10000.0
     sliding_window: int = 250
     # 25 Hz <-> 12.5 Hz
-    frame_rate: float = 12.5
+    frame_rate: float = FRAME_RATE
     upsample_groups: int = 512
     extra: dict = field(default_factory=dict, repr=False, compare=False)  # unknown config keys, kept
 
@@ -114,7 +115,7 @@ class MimiConfig:
         rope = get("rope_parameters") or get("rope_scaling") or {}
         theta = get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
         ratios = tuple(get("upsampling_ratios") or (8, 6, 5, 4))
-        sample_rate = int(get("sampling_rate", 24000))
+        sample_rate = int(get("sampling_rate", SAMPLE_RATE))
         frame_rate = get("frame_rate", get("_frame_rate"))
         if frame_rate is None:  # transformers' own rule: the SEANet hop times the stride-2 resampler
             frame_rate = sample_rate / (math.prod(ratios) * 2)
@@ -152,7 +153,7 @@ class MimiConfig:
             pad_mode=str(get("pad_mode", "constant")),
             codebook_size=int(get("codebook_size", 2048)),
             codebook_dim=int(codebook_dim),
-            num_quantizers=int(get("num_quantizers", 32)),
+            num_quantizers=int(get("num_quantizers", NUM_CODEBOOKS)),
             num_semantic_quantizers=int(get("num_semantic_quantizers", 1)),
             num_layers=int(get("num_hidden_layers", 8)),
             num_heads=heads,

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from ..errors import WeightsError
 from .config import MimiConfig
 
@@ -235,8 +237,6 @@ def normalize_transformers(weights: dict) -> dict:
 
 def transformers_to_kyutai(weights: dict, cfg: MimiConfig) -> dict:
     """transformers on-disk weights -> Kyutai's original layout (used to build test checkpoints)."""
-    import numpy as np
-
     convtr = {i for i, kind, _ in seanet_decoder_plan(cfg) if kind == "convtr"}
     weights = normalize_transformers(weights)
     out = {}

@@ -22,6 +22,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
+
+from engine.constants import SAMPLE_RATE
 
 from .config import MimiConfig
 from .layouts import seanet_decoder_plan, seanet_encoder_plan, transformers_to_kyutai
@@ -149,8 +152,6 @@ def write_tiny_mimi(target, layout: str = "transformers", seed: int = 0, config:
         target.update(weights)
         return weights, config
 
-    from safetensors.numpy import save_file
-
     target = Path(target)
     if target.suffix == ".safetensors":
         file, config_file = target, target.with_suffix(".json")
@@ -164,7 +165,7 @@ def write_tiny_mimi(target, layout: str = "transformers", seed: int = 0, config:
     return weights, config
 
 
-def tiny_test_signal(num_samples: int, sample_rate: int = 24000) -> np.ndarray:
+def tiny_test_signal(num_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """A deterministic speech-like test waveform (no RNG: identical in every environment), float32."""
     t = np.arange(num_samples, dtype=np.float64) / sample_rate
     pitch = 140.0 + 40.0 * np.sin(2 * np.pi * 0.7 * t)

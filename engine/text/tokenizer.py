@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.errors import InputError, WeightsError
 
@@ -152,8 +152,6 @@ def _llama3_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def _regex(pattern: str):
-    from tokenizers import Regex
-
     return Regex(pattern)
 
 
