@@ -138,13 +138,11 @@ def serve(model: str, dtype: str | None, quantize: int | None, db: Path | None, 
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach this "
                    "address can use the server", err=True)
     if replicas is not None or ray_address is not None:
-        if dtype is not None or quantize is not None:  # the replicas load the model as stored
-            raise click.UsageError("--dtype and --quantize apply to one server process; with "
-                                   "--replicas, serve a converted model (csm convert --quantize N)")
         serve_replicas(model=model, db=db, host=host, port=port, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
                        replicas=replicas or 1, ray_address=ray_address, replica_cpus=replica_cpus,
-                       max_batch=max_batch, kv_cache_gb=kv_cache_gb, max_audio_ms=max_audio_ms)
+                       max_batch=max_batch, kv_cache_gb=kv_cache_gb, max_audio_ms=max_audio_ms,
+                       dtype=dtype, quantize=quantize)
         return
     from storage import StorageError
 

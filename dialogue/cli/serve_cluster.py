@@ -16,7 +16,8 @@ def _interrupt(signum, frame):
 def serve_replicas(*, model: str, db, host: str, port: int, max_queue: int,
                    max_upload_bytes: int, api_key: str | None, replicas: int,
                    ray_address: str | None, replica_cpus: float, max_batch: int = 8,
-                   kv_cache_gb: float | None = None, max_audio_ms: float | None = None) -> None:
+                   kv_cache_gb: float | None = None, max_audio_ms: float | None = None,
+                   dtype: str | None = None, quantize: int | None = None) -> None:
     from storage import is_postgres_url
 
     try:
@@ -47,7 +48,7 @@ def serve_replicas(*, model: str, db, host: str, port: int, max_queue: int,
                                replica_cpus=replica_cpus, max_queue=max_queue,
                                max_upload_bytes=max_upload_bytes, api_key=api_key,
                                max_batch=max_batch, kv_cache_gb=kv_cache_gb,
-                               max_audio_ms=max_audio_ms)
+                               max_audio_ms=max_audio_ms, dtype=dtype, quantize=quantize)
     where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray instance"
     click.echo(f"starting {replicas} replica(s) of {model} on {where} ...", err=True)
     try:

@@ -52,7 +52,8 @@ class ModelReplica:
         self.app = create_app(settings.model, settings.db, max_queue=settings.max_queue,
                               max_upload_bytes=settings.max_upload_bytes, api_key=settings.api_key,
                               max_batch=settings.max_batch, kv_cache_gb=settings.kv_cache_gb,
-                              max_audio_ms=settings.max_audio_ms)
+                              max_audio_ms=settings.max_audio_ms, dtype=settings.dtype,
+                              quantize=settings.quantize)
         self.state = self.app.state.csm
         self.state.start()  # loads the model on the worker thread; errors fail the replica
         context = serve.get_replica_context()

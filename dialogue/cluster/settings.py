@@ -15,6 +15,8 @@ class ClusterSettings:
     max_batch: int = 8  # per replica, as `csm serve --max-batch`
     kv_cache_gb: float | None = None  # per replica, as `csm serve --kv-cache-gb`
     max_audio_ms: float | None = None  # as `csm serve --max-audio-ms`
+    dtype: str | None = None  # as `csm serve --dtype` (load_model's dtype=)
+    quantize: int | None = None  # as `csm serve --quantize` (load_model's quantize=)
     max_upload_bytes: int = 16 * 1024 * 1024
     api_key: str | None = None
     retries: int = 8  # attempts for a request whose replica died before answering
