@@ -31,6 +31,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from engine.arrays import to_numpy
 from engine.constants import SAMPLE_RATE
 from engine.errors import AudioError
 
@@ -51,16 +52,8 @@ def _warn(message: str) -> None:
 # ------------------------------------------------------------------------------------ arrays
 
 def _as_numpy(audio) -> np.ndarray:
-    if isinstance(audio, np.ndarray):
-        return audio
-    if type(audio).__module__.startswith("mlx"):
-        import mlx.core as mx  # lazy: reading and writing audio needs no MLX (replay, the CLI's checks)
-
-        if audio.dtype == mx.bfloat16:
-            audio = audio.astype(mx.float32)
-        return np.array(audio)
     try:
-        return np.asarray(audio)
+        return to_numpy(audio)
     except Exception as exc:
         raise AudioError(f"Cannot use a {type(audio).__name__} as audio samples") from exc
 

@@ -39,9 +39,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from engine.errors import InputError
-from engine.segment import NUM_CODEBOOKS, Segment
 from engine.constants import ROW_WIDTH, SAMPLES_PER_FRAME
+from engine.errors import InputError
+from engine.option_checks import check_option
+from engine.segment import NUM_CODEBOOKS, Segment
 
 TEXT_COLUMN = NUM_CODEBOOKS  # 32
 
@@ -135,8 +136,7 @@ def _check_new_text(speaker, text) -> None:
         raise InputError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
         raise InputError("The text to speak is empty; give at least one word.")
-    if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or speaker < 0:
-        raise InputError(f"speaker must be a non-negative int (0, 1, ...), got {speaker!r}")
+    check_option("speaker", speaker)
 
 
 def build_prompt(context: Sequence[Segment], speaker, text=None, tokenizer=None) -> Rows:
@@ -193,13 +193,3 @@ def build_voice_match_prompt(
     parts.append(text_rows(tokenizer.encode_segment(int(speaker), joined)))
     parts.append(audio_rows(reference.codes, eos=False))
     return concat_rows(parts)
-
-
-def common_prefix_rows(a: Rows, b: Rows) -> int:
-    """Number of leading rows on which two prompts agree in tokens and mask."""
-    n = min(a[0].shape[0], b[0].shape[0])
-    if n == 0:
-        return 0
-    same = np.all(a[0][:n] == b[0][:n], axis=1) & np.all(a[1][:n] == b[1][:n], axis=1)
-    diff = np.flatnonzero(~same)
-    return int(diff[0]) if diff.size else n

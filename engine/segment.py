@@ -15,32 +15,23 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from engine.errors import InputError
+from engine.arrays import to_numpy
 from engine.constants import FRAME_RATE, NUM_CODEBOOKS, SAMPLE_RATE
+from engine.errors import InputError
+from engine.option_checks import check_option
 
 AUDIO_VOCAB_SIZE = 2051  # ids 0..2050 exist in CSM's audio vocabulary (2048..2050 are not decodable)
 
 
 def _to_numpy(value, what: str) -> np.ndarray:
-    """np / mx / list -> np.ndarray (mx arrays go through float32 where numpy has no dtype)."""
-    if isinstance(value, np.ndarray):
-        return value
-    module = type(value).__module__
-    if module.startswith("mlx"):
-        import mlx.core as mx  # lazy: stored segments are read and replayed without MLX
-
-        if value.dtype == mx.bfloat16:
-            value = value.astype(mx.float32)
-        return np.array(value)
     try:
-        return np.asarray(value)
+        return to_numpy(value)
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise InputError(f"Segment {what} must be an array, got {type(value).__name__}") from exc
 
 
 def _check_speaker(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InputError(f"Segment speaker must be a non-negative int (0, 1, ...), got {value!r}")
+    check_option("speaker", value, "Segment speaker")
 
 
 def _speaker(value):

@@ -32,6 +32,7 @@ import numpy as np
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
 from engine.audio import load_audio, probe_audio, save_audio
+from engine.option_checks import check_option
 from engine.constants import SAMPLE_RATE, csm_home
 from engine.errors import VoiceError
 from engine.segment import Segment
@@ -321,8 +322,8 @@ class VoiceLibrary:
                 f"The voice {name!r} needs a transcript: the words spoken in the clip "
                 "(voice prompts are text + audio)."
             )
-        if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, int) or speaker < 0):
-            raise VoiceError(f"speaker must be a non-negative int, got {speaker!r}")
+        if speaker is not None:
+            check_option("speaker", speaker)
         if name in PRESET_TRANSCRIPTS or name in self._model_presets():
             raise VoiceError(f"{name!r} is a preset voice; register yours under another name.")
         wav = self.user_dir / f"{name}.wav"

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
+from engine.generator import common_prefix_length
 from engine.prompt import (
     audio_rows,
     build_prompt,
     build_voice_match_prompt,
-    common_prefix_rows,
     count_rows,
     segment_rows,
     text_rows,
@@ -119,7 +119,7 @@ def test_generated_frames_reenter_as_cached_rows(tok):
     )
     turn = Segment(1, "Hi, nice to meet you.", codes=generated)
     nxt = build_prompt(ctx + [turn], 0, "Likewise.", tok)
-    assert common_prefix_rows(cached, nxt) == cached[0].shape[0]
+    assert common_prefix_length(*cached, *nxt) == cached[0].shape[0]
 
 
 def test_voice_match_layout(tok):
@@ -184,9 +184,9 @@ def test_bad_inputs(tok):
         audio_rows(np.zeros((32, 10), np.int32))
 
 
-def test_common_prefix_rows():
+def test_common_prefix_length_of_prompts():
     a = text_rows([1, 2, 3])
     b = text_rows([1, 2, 4, 5])
-    assert common_prefix_rows(a, b) == 2
-    assert common_prefix_rows(a, a) == 3
-    assert common_prefix_rows(a, text_rows([])) == 0
+    assert common_prefix_length(*a, *b) == 2
+    assert common_prefix_length(*a, *a) == 3
+    assert common_prefix_length(*a, *text_rows([])) == 0

@@ -22,6 +22,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.errors import InputError, WeightsError
+from engine.option_checks import check_option
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
@@ -98,9 +99,8 @@ class TextTokenizer:
 
     def encode_segment(self, speaker: int, text: str) -> list[int]:
         """Ids of one CSM text segment: BOS + tokens("[speaker]text") + EOS."""
-        if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or speaker < 0:
-            raise InputError(f"speaker must be a non-negative int, got {speaker!r}")
-        return [self.bos_id, *self.encode(f"[{int(speaker)}]{text}"), self.eos_id]
+        speaker = check_option("speaker", speaker)
+        return [self.bos_id, *self.encode(f"[{speaker}]{text}"), self.eos_id]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of `ids` (special tokens kept unless asked otherwise)."""
