@@ -587,6 +587,11 @@ def test_full_queue_answers_503_with_retry_after(csm_home):
         while busy.http.get("/health").json()["queued"] != 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        # The server notices the hang-up on its next poll of the client (every 0.2 s; later on a busy
+        # machine): wait for that before the worker is let go, or the job could start first.
+        while not any(job is not None and job.cancelled.is_set() for job in list(busy.worker._queue.queue)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         gate.set()
         after = busy.wait_idle()
         assert after["cancelled"] == before["cancelled"] + 1
