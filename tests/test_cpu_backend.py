@@ -235,11 +235,32 @@ def test_switched_off_falls_back_to_mlx_with_a_warning(f32):
 
 
 @needs_native
-def test_auto_picks_the_native_backend_on_a_cpu(f32):
+def test_auto_picks_the_native_backend_for_bfloat16_and_quantized_models(tiny_model_path):
     if mx.default_device().type == mx.DeviceType.gpu:
         pytest.skip("MLX is the choice on a GPU")
-    backend = choose_backend(f32, EngineOptions())
-    assert backend.name == "cpu" and backend.detail.startswith("cpu: bf16 weights")
+    bf = load(tiny_model_path)
+    bf.set_dtype(mx.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = choose_backend(bf, EngineOptions())
+        assert backend.name == "cpu" and backend.detail.startswith("cpu: bf16 weights")
+        quantized = choose_backend(load(tiny_model_path, 8), EngineOptions())  # float32 norms and heads
+        assert quantized.name == "cpu" and "q8" in quantized.detail
+
+
+@needs_native
+def test_float32_models_stay_float32_unless_cpu_is_asked_for(f32):
+    """load_model(dtype="float32") is an explicit ask for float32: "auto" keeps it on MLX; the native
+    backend (bfloat16 arithmetic) only when asked for, converting with a warning."""
+    if mx.default_device().type == mx.DeviceType.gpu:
+        pytest.skip("MLX is the choice on a GPU")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = choose_backend(f32, EngineOptions())
+    assert backend.name == "mlx" and "float32 weights: the native CPU backend computes in bfloat16" in backend.detail
+    with pytest.warns(RuntimeWarning, match="converts this model's float32 weights"):
+        forced = choose_backend(f32, EngineOptions(backend="cpu"))
+    assert forced.name == "cpu"
 
 
 @needs_native

@@ -18,6 +18,7 @@ keyed by exactly those, so a stream's codes do not depend on its batch, its hist
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -75,7 +76,9 @@ def choose_backend(csm, options=None) -> FrameBackend:
     - MLX on a GPU (Metal, CUDA), and when `options.backend == "mlx"`;
     - else the native CPU backend (engine/cpu/backend.py) where its C library builds: an x86-64 or
       ARM64 CPU with a C compiler, `cpu_kernels` not "off" (CSM_CPU_KERNELS=0), and weights its
-      kernels take (bfloat16/float or MLX affine 8-/4-bit);
+      kernels take (bfloat16 or MLX affine 8-/4-bit). It computes in bfloat16, so a float32 or
+      float16 model (an explicit ask for that precision) stays on MLX under "auto"; with
+      backend "cpu" its weights are converted to bfloat16 copies, with a warning;
     - else MLX, with a warning saying why the native backend was not used. `detail` says the same.
     A fallback is never an error, also not when "cpu" was asked for.
     """
@@ -89,7 +92,15 @@ def choose_backend(csm, options=None) -> FrameBackend:
         reason = "the GPU"
     else:
         reason = native_unavailable_reason(options)
+        wide = _wide_float_weights(csm)
+        if reason is None and wide and options.backend == "auto":
+            reason = (f"{wide} weights: the native CPU backend computes in bfloat16; "
+                      "backend='cpu' converts them")
+            return _mlx_backend(csm, options, reason, warn=False)
         if reason is None:
+            if wide:
+                warnings.warn(f"the native CPU backend converts this model's {wide} weights to bfloat16 copies",
+                              RuntimeWarning, stacklevel=2)
             from engine.cpu.backend import CpuBackend
             from engine.cpu.pack import UnsupportedWeights
 
@@ -110,22 +121,32 @@ def native_unavailable_reason(options=None) -> str | None:
     return unavailable_reason()
 
 
+def _wide_float_weights(csm) -> str | None:
+    """'float32' or 'float16' when a float (not quantized) model holds such weights, else None.
+    (A quantized model's float parts, norms and heads, stay native whatever their dtype.)"""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in csm.named_modules()):
+        return None
+    dtype = csm.codebook0_head.weight.dtype
+    return {mx.float32: "float32", mx.float16: "float16"}.get(dtype)
+
+
 def _on_gpu() -> bool:
     import mlx.core as mx
 
     return mx.default_device().type == mx.DeviceType.gpu
 
 
-def _mlx_backend(csm, options, reason: str) -> FrameBackend:
-    import warnings
-
+def _mlx_backend(csm, options, reason: str, warn: bool = True) -> FrameBackend:
     from engine.backends.mlx import MLXBackend
 
     backend = MLXBackend(csm, compile_frames=options.compile)
     if reason == "the GPU":
         return backend
     backend.detail = f"{backend.detail}; native CPU backend not used: {reason}"
-    if reason != "chosen by the backend setting":
+    if warn and reason != "chosen by the backend setting":
         warnings.warn(f"running the MLX backend: the native CPU backend is not available ({reason})",
                       RuntimeWarning, stacklevel=3)
     return backend

@@ -102,6 +102,13 @@ def _draw(seed: int):
     return Draw(temperature=0.9, top_k=50, suppress_undecodable=True, seed=seed, frame=0)
 
 
+def as_float32(x) -> np.ndarray:
+    """A backend's result (an MLX array of any dtype, or NumPy) as float32 NumPy, evaluated."""
+    if isinstance(x, mx.array):
+        return np.array(x.astype(mx.float32))
+    return np.asarray(x, dtype=np.float32)
+
+
 def prefill(backend, cache, tokens: np.ndarray, mask: np.ndarray):
     """The prompt through backend.prefill in the generator's aligned blocks -> the last hidden state."""
     from engine.generator import PREFILL_BLOCK
@@ -142,7 +149,7 @@ def measure(backend, config: CSMConfig, prompt_rows: int, frames: int, *, seed: 
     cache = backend.new_cache(prompt_rows + frames + 1)
     start = time.perf_counter()
     h = prefill(backend, cache, tokens, mask)
-    np.asarray(h)
+    as_float32(h)
     prefill_s = time.perf_counter() - start
 
     codes = backend.frames_from_hidden([h], [draw])
@@ -333,11 +340,11 @@ def compare_prefill(config: CSMConfig, variants: dict, rows: int, rounds: int = 
             cache = backend.new_cache(rows + 1)
             n = rows if r else min(rows, PREFILL_BLOCK)
             start = time.perf_counter()
-            h = np.asarray(prefill(backend, cache, tokens[:n], mask[:n]))
+            h = as_float32(prefill(backend, cache, tokens[:n], mask[:n]))
             seconds = time.perf_counter() - start
             if r:
                 results[name]["rps"].append(n / seconds)
-                results[name]["hidden"] = np.asarray(h, dtype=np.float32)
+                results[name]["hidden"] = h
     return results
 
 

@@ -54,10 +54,16 @@ def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     """frame.c built for this machine (once per machine and flags, cached) and loaded; raises
     BuildError with the reason. `extra_flags` (tests): e.g. ("-march=x86-64-v3",) for an AVX2 build."""
     key = tuple(extra_flags)
+    if isinstance(_LIB.get(key), Exception):  # a failed build is not retried in this process
+        raise _LIB[key]
     if key not in _LIB:
         from .build import load_library
 
-        lib = load_library("frame.c", list(key))
+        try:
+            lib = load_library("frame.c", list(key))
+        except Exception as exc:
+            _LIB[key] = exc
+            raise
         P = c_void_p
         signatures = {
             "csm_backbone_step": [P, c_int, P, P, P, P, P],
