@@ -245,13 +245,35 @@ class Worker:
                 return True
             if job is None:
                 return False
-            if job.cancelled.is_set():  # cancelled while waiting: never started
-                self._finish(job, "cancelled", JobCancelled("the request was cancelled"))
-                continue
-            job.started.set()
-            self._began[id(job)] = time.perf_counter()
-            self.running.append(job)
+            self._start(job)
         return True
+
+    def _start(self, job: Job) -> bool:
+        """Count a job taken from the queue as running (False: it was cancelled while waiting)."""
+        if job.cancelled.is_set():  # cancelled while waiting: never started
+            self._finish(job, "cancelled", JobCancelled("the request was cancelled"))
+            return False
+        job.started.set()
+        self._began[id(job)] = time.perf_counter()
+        self.running.append(job)
+        return True
+
+    def _admit(self) -> None:
+        """At a frame boundary, start the jobs that arrived while others were generating, so they
+        join the next batched step instead of waiting until some job hands back a chunk. A new
+        job's first step runs here, nested inside the step that is waiting for frames: it submits
+        its request to the scheduler and returns with its first chunk (the scheduler's step is
+        complete when this runs, so the nested steps advance it safely)."""
+        while len(self.running) < self.max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:  # the stop signal is the top level's to act on
+                self._queue.put_nowait(None)
+                return
+            if self._start(job):
+                self._step(job)
 
     def _waiting_for_frames(self, job: Job) -> bool:
         """Whether the job's generation request has nothing to hand out yet."""
@@ -273,8 +295,9 @@ class Worker:
 
     def _hand_out(self) -> None:
         """After each scheduler step: step the other jobs that have chunks ready (not the ones
-        inside next() now), and drop cancelled ones."""
+        inside next() now), admit newcomers, and drop cancelled ones."""
         self._drop_cancelled()
+        self._admit()
         for job in list(self.running):
             if job in self._executing or self.scheduler is None:
                 continue
