@@ -4,7 +4,10 @@ torch and transformers in another virtualenv, so here a stand-in script plays it
 import json
 import sys
 
+import pytest
+
 from engine.bench import peer
+from engine.cpu import gemm
 
 FAKE_PEER = """
 import json, sys
@@ -53,6 +56,7 @@ print(json.dumps({"peer": "torch", "torch": "x", "threads": 2, "ms_per_block": 4
 """
 
 
+@pytest.mark.skipif(not gemm.available(), reason="the prefill kernels cannot be built here")
 def test_products_mode_compares_the_kernels(tmp_path, monkeypatch):
     script = tmp_path / "peer.py"
     script.write_text(FAKE_PRODUCTS_PEER)

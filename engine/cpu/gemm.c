@@ -267,8 +267,7 @@ static void pack_x_tiles(const float *X, long T, long in, long kp, uint16_t *xt)
 
 /* ---------------------------------------------------------------- inner kernels over one strip */
 
-static void write_strip(float *Y, long T, long out, long n0, long t, long r, float v) {
-    (void)T;
+static inline void write_strip(float *Y, long out, long n0, long t, long r, float v) {
     if (n0 + r < out) Y[t * out + n0 + r] = v;
 }
 
@@ -283,7 +282,7 @@ static void strip_portable(const float *fs, const float *xf, long T, long kp, fl
                 for (int i = 0; i < 16; i++) acc[i] += w[k + i] * x[k + i];
             float s = 0.0f;
             for (int i = 0; i < 16; i++) s += acc[i];
-            write_strip(Y, T, out, n0, t, r, s);
+            write_strip(Y, out, n0, t, r, s);
         }
     }
 }
@@ -308,7 +307,7 @@ AVX512_TARGET static void strip_avx512(StripView sv, const uint16_t *xb, long T,
                     for (int j = 0; j < 4; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], w[i], x[j]);
             }
             for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) write_strip(Y, T, out, n0, t0 + j, r0 + i, _mm512_reduce_add_ps(acc[i][j]));
+                for (int j = 0; j < 4; j++) write_strip(Y, out, n0, t0 + j, r0 + i, _mm512_reduce_add_ps(acc[i][j]));
         }
         for (; t0 < T; t0++) { /* the same sums, one row of X at a time */
             __m512 acc[4];
@@ -318,7 +317,7 @@ AVX512_TARGET static void strip_avx512(StripView sv, const uint16_t *xb, long T,
                 for (int i = 0; i < 4; i++)
                     acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(sv.p + (r0 + i) * sv.row + kb * sv.slice), x);
             }
-            for (int i = 0; i < 4; i++) write_strip(Y, T, out, n0, t0, r0 + i, _mm512_reduce_add_ps(acc[i]));
+            for (int i = 0; i < 4; i++) write_strip(Y, out, n0, t0, r0 + i, _mm512_reduce_add_ps(acc[i]));
         }
     }
 }
