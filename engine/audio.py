@@ -146,15 +146,20 @@ def _describe(source) -> str:
     return "audio stream"
 
 
+def _existing_file(source, name: str | None) -> str:
+    """The path of an audio file that exists and is not a folder (AudioError otherwise)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise AudioError(f"Audio file not found: {name or os.fspath(source)!r}")
+    if path.is_dir():
+        raise AudioError(f"{name or os.fspath(source)!r} is a folder, not an audio file")
+    return str(path)
+
+
 def _read_file(source, name: str | None = None):
     what = name or _describe(source)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise AudioError(f"Audio file not found: {name or os.fspath(source)!r}")
-        if path.is_dir():
-            raise AudioError(f"{name or os.fspath(source)!r} is a folder, not an audio file")
-        target = str(path)
+        target = _existing_file(source, name)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         target = io.BytesIO(bytes(source))
     else:
@@ -198,12 +203,7 @@ def probe_audio(source, *, name: str | None = None):
     readable audio. `name` replaces the path in messages (e.g. "the uploaded clip")."""
     what = name or _describe(source)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise AudioError(f"Audio file not found: {name or os.fspath(source)!r}")
-        if path.is_dir():
-            raise AudioError(f"{name or os.fspath(source)!r} is a folder, not an audio file")
-        source = str(path)
+        source = _existing_file(source, name)
     try:
         info = sf.info(source)
     except Exception as exc:

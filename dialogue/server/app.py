@@ -168,8 +168,12 @@ def _generation_options(body, max_audio_ms: float | None = None) -> dict[str, An
 
 
 def _check_output(body) -> str:
+    return _audio_format(body.response_format)
+
+
+def _audio_format(response_format: str) -> str:
     try:
-        return check_format(body.response_format)
+        return check_format(response_format)
     except ValueError as error:
         raise APIError(400, str(error), param="response_format",
                        code="unsupported_format") from None
@@ -411,11 +415,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
     async def session_audio(session_id: str, request: Request, response_format: str = "wav",
                             pause_s: float = 0.0) -> Response:
         name = session_name(session_id)
-        try:
-            fmt = check_format(response_format)
-        except ValueError as error:
-            raise APIError(400, str(error), param="response_format",
-                           code="unsupported_format") from None
+        fmt = _audio_format(response_format)
         try:
             pause_s = OPTIONS["pause"].check(pause_s, "pause_s")
         except InputError as error:
@@ -431,11 +431,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - a lis
                          response_format: str = "wav") -> Response:
         """One stored turn's audio (index from GET /v1/sessions/{id}); the web page's play button."""
         name = session_name(session_id)
-        try:
-            fmt = check_format(response_format)
-        except ValueError as error:
-            raise APIError(400, str(error), param="response_format",
-                           code="unsupported_format") from None
+        fmt = _audio_format(response_format)
         (audio,) = await run_job_result(request, submit(
             request, lambda job: [backend.turn_audio(name, index)], "turn audio"))
         return Response(encode_audio(audio, fmt), media_type=MEDIA_TYPES[fmt],
