@@ -1,8 +1,8 @@
 """Make the golden files for the CSM network from transformers' CsmForConditionalGeneration.
 
-Run once with the reference venv (torch + transformers), from the repo root:
+Run once with the reference venv (REFVENV: a virtualenv with torch 2.13 CPU + transformers 5.24), from the repo root:
 
-    /work/refvenv/bin/python tests/golden/make_csm_golden.py
+    REFVENV/bin/python tests/golden/make_csm_golden.py
 
 It writes, beside this script:
   csm_tiny/            the tiny random model as transformers saves it (save_pretrained: config.json,

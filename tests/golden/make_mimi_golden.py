@@ -2,7 +2,7 @@
 
 Run once with the reference environment (torch CPU, transformers 5.x, moshi 0.2.2):
 
-    /work/refvenv/bin/python tests/golden/make_mimi_golden.py
+    REFVENV/bin/python tests/golden/make_mimi_golden.py
 
 It builds the tiny random codec of `engine.mimi.testing` (real frame structure: ratios 8,6,5,4,
 1920 samples per frame, 32 codebooks of 2048 split 1 + 31, a 250-position window; small widths;
