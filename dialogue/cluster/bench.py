@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -24,11 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dialogue.server.bench import free_port, timed_stream
 
 
 def _session_run(client, session: str, turns: int, max_ms: float, out: list, errors: list) -> None:
@@ -37,15 +32,8 @@ def _session_run(client, session: str, turns: int, max_ms: float, out: list, err
                 "seed": index, "max_audio_length_ms": max_ms, "stream": True,
                 "response_format": "pcm"}
         sent = time.perf_counter()
-        first = None
         try:
-            with client.stream("POST", f"/v1/sessions/{session}/turns", json=body) as reply:
-                if reply.status_code != 200:
-                    errors.append(f"{session} turn {index}: HTTP {reply.status_code}")
-                    continue
-                for chunk in reply.iter_bytes():
-                    if first is None and chunk:
-                        first = time.perf_counter() - sent
+            first, _ = timed_stream(client, f"/v1/sessions/{session}/turns", body)
         except Exception as error:  # reported, not fatal: the figures say how many failed
             errors.append(f"{session} turn {index}: {type(error).__name__}: {error}")
             continue
@@ -59,7 +47,7 @@ def measure(replicas: int, args) -> dict:
     from . import ClusterSettings
     from .app import start, stop
 
-    port = _free_port()
+    port = free_port()
     db = args.db or str(Path(tempfile.mkdtemp(prefix="csm-cluster-bench-")) / "bench.db")
     settings = ClusterSettings(model=args.model, db=db, replicas=replicas,
                                replica_cpus=args.replica_cpus)

@@ -33,10 +33,26 @@ LINE = ("This is one of several requests that the server answers at the same tim
 BYTES_PER_SAMPLE = 2  # response_format pcm: 16-bit mono
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a benchmark's own server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def timed_stream(client, path: str, body: dict) -> tuple[float | None, int]:
+    """POST `body` to `path` and read the streamed reply: (seconds until its first bytes, bytes
+    read). RuntimeError for a reply other than 200; httpx's errors for a broken connection."""
+    sent = time.perf_counter()
+    first, size = None, 0
+    with client.stream("POST", path, json=body) as reply:
+        if reply.status_code != 200:
+            raise RuntimeError(f"HTTP {reply.status_code} {reply.read()[:200]!r}")
+        for chunk in reply.iter_bytes():
+            if chunk and first is None:
+                first = time.perf_counter() - sent
+            size += len(chunk)
+    return first, size
 
 
 def build_model(size: str, dtype: str | None, quantize: int | None, backend: str | None, seed: int):
@@ -61,16 +77,8 @@ def _request(client, index: int, frames: int, seed: int, out: list, errors: list
     body = {"model": "csm-1b", "input": LINE, "voice": "conversational_a", "seed": seed + index,
             "response_format": "pcm", "stream": True, "max_audio_length_ms": frames * MS_PER_FRAME}
     sent = time.perf_counter()
-    first, size = None, 0
     try:
-        with client.stream("POST", "/v1/audio/speech", json=body) as reply:
-            if reply.status_code != 200:
-                errors.append(f"request {index}: HTTP {reply.status_code} {reply.read()[:200]!r}")
-                return
-            for chunk in reply.iter_bytes():
-                if chunk and first is None:
-                    first = time.perf_counter() - sent
-                size += len(chunk)
+        first, size = timed_stream(client, "/v1/audio/speech", body)
     except Exception as error:  # counted, not fatal: the figures say how many failed
         errors.append(f"request {index}: {type(error).__name__}: {error}")
         return
@@ -110,7 +118,7 @@ def run(args) -> dict:
     model = build_model(args.size, args.dtype, args.quantize, args.backend, args.seed)
     max_batch = args.max_batch or max(args.streams)
     app = create_app(loaded_model=model, max_batch=max_batch, max_queue=max(8, 2 * max(args.streams)))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
