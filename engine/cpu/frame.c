@@ -398,26 +398,188 @@ static int64_t job_tiles(const CsmWeight *w) {
     return w->fmt == FMT_BF16_T ? (w->out + COL_TILE - 1) / COL_TILE : (w->out + ROW_TILE - 1) / ROW_TILE;
 }
 
+/* Register tiles: R weight rows times NB streams at once. Each weight vector is loaded (and, for
+ * int4, unpacked) once for all NB streams, and the R rows give R independent accumulation chains, so
+ * the products run near the memory's speed instead of the instructions' latency. Every (row, stream)
+ * accumulator sees exactly the operations, in exactly the order, of the one-row functions above
+ * (dot_bf16, dot_quant): integer lanes folded from 512 to 256 bits are exact sums of the same inputs,
+ * so the bits do not depend on R, NB, B or the SIMD width. */
+#define TILE_ACCS 8 /* accumulators (R * NB) per tile: 2 vector registers each, of 32 */
+
+#if defined(CSM_BF16DOT)
+static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, int64_t in, int64_t r0, const Act *a,
+                                                            int b0, float *y, int64_t ystride, const int R, const int NB) {
+    __m512 acc[4][TILE_ACCS];
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= in; i += 32) {
+        __m512bh wv[4];
+        for (int r = 0; r < R; r++) {
+            const uint16_t *wr = W + (r0 + r) * in + i;
+            _mm_prefetch((const char *)wr + PREFETCH_AHEAD, _MM_HINT_T0);
+            wv[r] = (__m512bh)_mm512_loadu_si512(wr);
+        }
+        for (int b = 0; b < NB; b++) {
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512(a->xb + (int64_t)(b0 + b) * a->in + i);
+            for (int r = 0; r < R; r++) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], wv[r], xv);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < NB; b++) {
+            const uint16_t *wr = W + (r0 + r) * in, *xb = a->xb + (int64_t)(b0 + b) * a->in;
+            float s = _mm512_reduce_add_ps(acc[r][b]);
+            for (int64_t t = i; t < in; t++) s = fmaf(bf16_to_f32(wr[t]), bf16_to_f32(xb[t]), s);
+            y[(int64_t)(b0 + b) * ystride + r0 + r] = s;
+        }
+}
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(CSM_AVX2)
+#define CSM_VNNI512 1
+/* int8/int4 rows whose group is a multiple of 64: one 512-bit vpdpbusd per 64 inputs. Q4, BPG (64-input
+ * blocks per group), R and NB are constants at each call, so the loops unroll into registers. */
+static inline __attribute__((always_inline)) void tile_quant(const CsmWeight *w, int64_t r0, const Act *a, int b0,
+                                                             float *y, int64_t ystride, const int R, const int NB,
+                                                             const int Q4, const int BPG) {
+    const int G = 64 * BPG;
+    const int64_t ng = w->in / G, row_bytes = Q4 ? w->in / 2 : w->in, block_bytes = Q4 ? 32 : 64;
+    const int8_t *xs = (Q4 ? a->xp : a->xq) + (int64_t)b0 * a->in;
+    const float *dx = a->dx + (int64_t)b0 * ng;
+    const uint8_t *wr[4];
+    const float *sc[4];
+    for (int r = 0; r < R; r++) {
+        wr[r] = (const uint8_t *)w->data + (r0 + r) * row_bytes;
+        sc[r] = w->scales + (r0 + r) * ng;
+    }
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const __m512i shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    __m256 facc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < NB; b++) facc[r][b] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i is[4][4];
+        for (int k = 0; k < BPG; k++) {
+            const int64_t at = (g * BPG + k) * block_bytes, xat = (g * BPG + k) * 64;
+            __m512i wv[4];
+            for (int r = 0; r < R; r++) {
+                if (k == 0) _mm_prefetch((const char *)(wr[r] + at) + PREFETCH_AHEAD, _MM_HINT_T0);
+                if (Q4) { /* 32 bytes: low nibbles = block positions 0..31, high ones = 32..63 */
+                    __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(wr[r] + at)));
+                    wv[r] = _mm512_and_si512(_mm512_srlv_epi16(both, shifts), low);
+                } else {
+                    wv[r] = _mm512_loadu_si512(wr[r] + at);
+                }
+            }
+            for (int b = 0; b < NB; b++) {
+                const __m512i xv = _mm512_loadu_si512(xs + (int64_t)b * a->in + xat);
+                for (int r = 0; r < R; r++)
+                    is[r][b] = _mm512_dpbusd_epi32(k == 0 ? _mm512_setzero_si512() : is[r][b], wv[r], xv);
+            }
+        }
+        for (int b = 0; b < NB; b++) {
+            const float dxg = dx[(int64_t)b * ng + g];
+            for (int r = 0; r < R; r++) {
+                const __m256i folded = _mm256_add_epi32(_mm512_castsi512_si256(is[r][b]), _mm512_extracti64x4_epi64(is[r][b], 1));
+                facc[r][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(sc[r][g] * dxg), facc[r][b]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < NB; b++)
+            y[(int64_t)(b0 + b) * ystride + r0 + r] =
+                reduce8_ps(facc[r][b]) + bias_term(w->biases + (r0 + r) * ng, a->cb + (int64_t)(b0 + b) * ng, ng, VARIANT_BEST);
+}
+
+static void tile_quant_any(const CsmWeight *w, int64_t r0, const Act *a, int b0, float *y, int64_t ystride,
+                           int R, int NB) {
+#define CSM_Q(RR, NBB, QQ, BB) if (R == RR && NB == NBB && q4 == QQ && bpg == BB) { tile_quant(w, r0, a, b0, y, ystride, RR, NBB, QQ, BB); return; }
+#define CSM_QS(QQ, BB) CSM_Q(4, 1, QQ, BB) CSM_Q(4, 2, QQ, BB) CSM_Q(2, 3, QQ, BB) CSM_Q(2, 4, QQ, BB)
+    const int q4 = w->fmt == FMT_Q4, bpg = w->group / 64;
+    CSM_QS(0, 1) CSM_QS(1, 1) CSM_QS(0, 2) CSM_QS(1, 2)
+#undef CSM_QS
+#undef CSM_Q
+    for (int r = 0; r < R; r++) /* other groups (256, ...): one row and stream at a time */
+        for (int b = b0; b < b0 + NB; b++) y[(int64_t)b * ystride + r0 + r] = dot_quant(w, r0 + r, a, b, VARIANT_BEST);
+}
+#endif
+
+/* rows [r0, r1) of a row-major weight for all B streams, in tiles of R rows x NB streams */
+static void rows_tiled(const CsmWeight *w, int64_t r0, int64_t r1, const Act *a, float *y) {
+    const int B = a->B;
+    for (int b0 = 0; b0 < B; b0 += 4) {
+        const int nb = B - b0 < 4 ? B - b0 : 4;
+        const int R = nb <= 2 ? 4 : 2;
+        int64_t r = r0;
+        for (; r + R <= r1; r += R) {
+#define CSM_TILE(fn, RR, NBB, ...) case NBB: fn(__VA_ARGS__, RR, NBB); break
+#if defined(CSM_BF16DOT)
+            if (w->fmt == FMT_BF16) {
+                const uint16_t *W = (const uint16_t *)w->data;
+                if (R == 4) {
+                    switch (nb) { CSM_TILE(tile_bf16, 4, 1, W, w->in, r, a, b0, y, w->out);
+                                  CSM_TILE(tile_bf16, 4, 2, W, w->in, r, a, b0, y, w->out); }
+                } else {
+                    switch (nb) { CSM_TILE(tile_bf16, 2, 3, W, w->in, r, a, b0, y, w->out);
+                                  CSM_TILE(tile_bf16, 2, 4, W, w->in, r, a, b0, y, w->out); }
+                }
+                continue;
+            }
+#endif
+#if defined(CSM_VNNI512)
+            tile_quant_any(w, r, a, b0, y, w->out, R, nb);
+#endif
+#undef CSM_TILE
+        }
+        for (; r < r1; r++) /* rows left over: one at a time (the same bits) */
+            for (int b = b0; b < b0 + nb; b++)
+                y[(int64_t)b * w->out + r] = w->fmt == FMT_BF16
+                    ? dot_bf16((const uint16_t *)w->data + r * w->in, a->xb + (int64_t)b * a->in, w->in, VARIANT_BEST)
+                    : dot_quant(w, r, a, b, VARIANT_BEST);
+    }
+}
+
+/* whether rows_tiled has SIMD tiles for this weight here */
+static int tiled(const CsmWeight *w, int variant) {
+    if (variant != VARIANT_BEST) return 0;
+#if defined(CSM_BF16DOT)
+    if (w->fmt == FMT_BF16 && w->in >= 32) return 1;
+#endif
+#if defined(CSM_VNNI512)
+    if ((w->fmt == FMT_Q8 || w->fmt == FMT_Q4) && w->group % 64 == 0) return 1;
+#endif
+    return 0;
+}
+
 static void run_tile(const Job *j, int64_t tile, const Act *a, int variant) {
     const CsmWeight *w = j->w;
     const int B = a->B;
-    if (w->fmt == FMT_BF16_T) { /* y[o] = sum_i x[i] * W[i, o], W (in, out) */
+    if (w->fmt == FMT_BF16_T) { /* y[o] = sum_i x[i] * W[i, o], W (in, out): each input row widened once for all streams */
         int64_t o0 = tile * COL_TILE, o1 = o0 + COL_TILE < w->out ? o0 + COL_TILE : w->out, n = o1 - o0;
         const uint16_t *W = (const uint16_t *)w->data;
-        for (int b = 0; b < B; b++) {
-            float acc[COL_TILE];
-            for (int64_t o = 0; o < n; o++) acc[o] = 0.0f;
-            const uint16_t *xb = a->xb + b * a->in;
+        float wf[COL_TILE];
+        for (int b0 = 0; b0 < B; b0 += TILE_ACCS) {
+            const int nb = B - b0 < TILE_ACCS ? B - b0 : TILE_ACCS;
+            float acc[TILE_ACCS][COL_TILE];
+            for (int b = 0; b < nb; b++)
+                for (int64_t o = 0; o < n; o++) acc[b][o] = 0.0f;
             for (int64_t i = 0; i < w->in; i++) {
-                const float xi = bf16_to_f32(xb[i]);
                 const uint16_t *row = W + i * w->out + o0;
-                for (int64_t o = 0; o < n; o++) acc[o] = fmaf(xi, bf16_to_f32(row[o]), acc[o]);
+                for (int64_t o = 0; o < n; o++) wf[o] = bf16_to_f32(row[o]);
+                for (int b = 0; b < nb; b++) {
+                    const float xi = bf16_to_f32(a->xb[(int64_t)(b0 + b) * a->in + i]);
+                    for (int64_t o = 0; o < n; o++) acc[b][o] = fmaf(xi, wf[o], acc[b][o]);
+                }
             }
-            memcpy(j->y + b * w->out + o0, acc, sizeof(float) * n);
+            for (int b = 0; b < nb; b++) memcpy(j->y + (int64_t)(b0 + b) * w->out + o0, acc[b], sizeof(float) * n);
         }
         return;
     }
     int64_t r0 = tile * ROW_TILE, r1 = r0 + ROW_TILE < w->out ? r0 + ROW_TILE : w->out;
+    if (tiled(w, variant)) {
+        rows_tiled(w, r0, r1, a, j->y);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         if (w->fmt == FMT_BF16) {
             const uint16_t *wr = (const uint16_t *)w->data + r * w->in;
