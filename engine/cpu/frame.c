@@ -406,52 +406,61 @@ static int64_t job_tiles(const CsmWeight *w) {
  * so the bits do not depend on R, NB, B or the SIMD width. */
 #define TILE_ACCS 8 /* accumulators (R * NB) per tile: 2 vector registers each, of 32 */
 
+/* The tile bodies take plain pointers and constant shapes; each shape is its own function (below),
+ * so the compiler keeps every accumulator, pointer and counter in registers. */
 #if defined(CSM_BF16DOT)
-static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, int64_t in, int64_t r0, const Act *a,
-                                                            int b0, float *y, int64_t ystride, const int R, const int NB) {
-    __m512 acc[4][TILE_ACCS];
+static inline __attribute__((always_inline)) void tile_bf16_body(const uint16_t *W, int64_t in, const uint16_t *X,
+                                                                 int64_t xstride, float *y, int64_t ystride,
+                                                                 const int R, const int NB) {
+    __m512 acc[4][4];
+    const uint16_t *wp[4], *xp[4];
+    for (int r = 0; r < R; r++) wp[r] = W + r * in;
+    for (int b = 0; b < NB; b++) xp[b] = X + b * xstride;
     for (int r = 0; r < R; r++)
         for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= in; i += 32) {
+    const int64_t n = in & ~(int64_t)31;
+    for (int64_t i = 0; i < n; i += 32) {
         __m512bh wv[4];
         for (int r = 0; r < R; r++) {
-            const uint16_t *wr = W + (r0 + r) * in + i;
-            _mm_prefetch((const char *)wr + PREFETCH_AHEAD, _MM_HINT_T0);
-            wv[r] = (__m512bh)_mm512_loadu_si512(wr);
+            _mm_prefetch((const char *)(wp[r] + i) + PREFETCH_AHEAD, _MM_HINT_T0);
+            wv[r] = (__m512bh)_mm512_loadu_si512(wp[r] + i);
         }
         for (int b = 0; b < NB; b++) {
-            const __m512bh xv = (__m512bh)_mm512_loadu_si512(a->xb + (int64_t)(b0 + b) * a->in + i);
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512(xp[b] + i);
             for (int r = 0; r < R; r++) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], wv[r], xv);
         }
     }
     for (int r = 0; r < R; r++)
         for (int b = 0; b < NB; b++) {
-            const uint16_t *wr = W + (r0 + r) * in, *xb = a->xb + (int64_t)(b0 + b) * a->in;
             float s = _mm512_reduce_add_ps(acc[r][b]);
-            for (int64_t t = i; t < in; t++) s = fmaf(bf16_to_f32(wr[t]), bf16_to_f32(xb[t]), s);
-            y[(int64_t)(b0 + b) * ystride + r0 + r] = s;
+            for (int64_t t = n; t < in; t++) s = fmaf(bf16_to_f32(wp[r][t]), bf16_to_f32(xp[b][t]), s);
+            y[b * ystride + r] = s;
         }
 }
+#define CSM_BF16_TILE(R, NB)                                                                                  \
+    static void tile_bf16_##R##x##NB(const uint16_t *W, int64_t in, const uint16_t *X, int64_t xs, float *y, \
+                                     int64_t ys) { tile_bf16_body(W, in, X, xs, y, ys, R, NB); }
+CSM_BF16_TILE(4, 1) CSM_BF16_TILE(4, 2) CSM_BF16_TILE(2, 3) CSM_BF16_TILE(2, 4)
+#undef CSM_BF16_TILE
 #endif
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(CSM_AVX2)
 #define CSM_VNNI512 1
-/* int8/int4 rows whose group is a multiple of 64: one 512-bit vpdpbusd per 64 inputs. Q4, BPG (64-input
- * blocks per group), R and NB are constants at each call, so the loops unroll into registers. */
-static inline __attribute__((always_inline)) void tile_quant(const CsmWeight *w, int64_t r0, const Act *a, int b0,
-                                                             float *y, int64_t ystride, const int R, const int NB,
-                                                             const int Q4, const int BPG) {
-    const int G = 64 * BPG;
-    const int64_t ng = w->in / G, row_bytes = Q4 ? w->in / 2 : w->in, block_bytes = Q4 ? 32 : 64;
-    const int8_t *xs = (Q4 ? a->xp : a->xq) + (int64_t)b0 * a->in;
-    const float *dx = a->dx + (int64_t)b0 * ng;
-    const uint8_t *wr[4];
-    const float *sc[4];
-    for (int r = 0; r < R; r++) {
-        wr[r] = (const uint8_t *)w->data + (r0 + r) * row_bytes;
-        sc[r] = w->scales + (r0 + r) * ng;
-    }
+/* int8/int4 rows whose group is a multiple of 64: one 512-bit vpdpbusd per 64 inputs; BPG 64-input
+ * blocks per group. W: the tile's first row of codes; S, Bi: its scales and biases (ng per row);
+ * X (NB rows of xstride int8, natural order for int8, block-permuted for int4), DX, CB: the
+ * streams' steps and bias inputs (ng per stream). */
+static inline __attribute__((always_inline)) void tile_quant_body(
+    const uint8_t *W, int64_t row_bytes, const float *S, const float *Bi, int64_t ng, const int8_t *X,
+    int64_t xstride, const float *DX, const float *CB, float *y, int64_t ystride, const int R, const int NB,
+    const int Q4, const int BPG) {
+    const int64_t block_bytes = Q4 ? 32 : 64;
+    const uint8_t *wp[4];
+    const float *sp[4];
+    const int8_t *xp[4];
+    const float *dp[4];
+    for (int r = 0; r < R; r++) { wp[r] = W + r * row_bytes; sp[r] = S + r * ng; }
+    for (int b = 0; b < NB; b++) { xp[b] = X + b * xstride; dp[b] = DX + b * ng; }
     const __m512i low = _mm512_set1_epi8(0x0F);
     const __m512i shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     __m256 facc[4][4];
@@ -463,74 +472,89 @@ static inline __attribute__((always_inline)) void tile_quant(const CsmWeight *w,
             const int64_t at = (g * BPG + k) * block_bytes, xat = (g * BPG + k) * 64;
             __m512i wv[4];
             for (int r = 0; r < R; r++) {
-                if (k == 0) _mm_prefetch((const char *)(wr[r] + at) + PREFETCH_AHEAD, _MM_HINT_T0);
+                if (k == 0) _mm_prefetch((const char *)(wp[r] + at) + PREFETCH_AHEAD, _MM_HINT_T0);
                 if (Q4) { /* 32 bytes: low nibbles = block positions 0..31, high ones = 32..63 */
-                    __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(wr[r] + at)));
+                    const __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(wp[r] + at)));
                     wv[r] = _mm512_and_si512(_mm512_srlv_epi16(both, shifts), low);
                 } else {
-                    wv[r] = _mm512_loadu_si512(wr[r] + at);
+                    wv[r] = _mm512_loadu_si512(wp[r] + at);
                 }
             }
             for (int b = 0; b < NB; b++) {
-                const __m512i xv = _mm512_loadu_si512(xs + (int64_t)b * a->in + xat);
+                const __m512i xv = _mm512_loadu_si512(xp[b] + xat);
                 for (int r = 0; r < R; r++)
                     is[r][b] = _mm512_dpbusd_epi32(k == 0 ? _mm512_setzero_si512() : is[r][b], wv[r], xv);
             }
         }
         for (int b = 0; b < NB; b++) {
-            const float dxg = dx[(int64_t)b * ng + g];
+            const float dxg = dp[b][g];
             for (int r = 0; r < R; r++) {
                 const __m256i folded = _mm256_add_epi32(_mm512_castsi512_si256(is[r][b]), _mm512_extracti64x4_epi64(is[r][b], 1));
-                facc[r][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(sc[r][g] * dxg), facc[r][b]);
+                facc[r][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(sp[r][g] * dxg), facc[r][b]);
             }
         }
     }
     for (int r = 0; r < R; r++)
         for (int b = 0; b < NB; b++)
-            y[(int64_t)(b0 + b) * ystride + r0 + r] =
-                reduce8_ps(facc[r][b]) + bias_term(w->biases + (r0 + r) * ng, a->cb + (int64_t)(b0 + b) * ng, ng, VARIANT_BEST);
+            y[b * ystride + r] = reduce8_ps(facc[r][b]) + bias_term(Bi + r * ng, CB + b * ng, ng, VARIANT_BEST);
 }
+#define CSM_QUANT_TILE(R, NB, Q4, BPG)                                                                         \
+    static void tile_quant_##R##x##NB##_##Q4##_##BPG(const uint8_t *W, int64_t rb, const float *S, const float *Bi, \
+                                                     int64_t ng, const int8_t *X, int64_t xs, const float *DX,    \
+                                                     const float *CB, float *y, int64_t ys) {                     \
+        tile_quant_body(W, rb, S, Bi, ng, X, xs, DX, CB, y, ys, R, NB, Q4, BPG);                                   \
+    }
+#define CSM_QUANT_TILES(Q4, BPG) CSM_QUANT_TILE(4, 1, Q4, BPG) CSM_QUANT_TILE(4, 2, Q4, BPG) \
+    CSM_QUANT_TILE(2, 3, Q4, BPG) CSM_QUANT_TILE(2, 4, Q4, BPG)
+CSM_QUANT_TILES(0, 1) CSM_QUANT_TILES(1, 1) CSM_QUANT_TILES(0, 2) CSM_QUANT_TILES(1, 2)
+#undef CSM_QUANT_TILES
+#undef CSM_QUANT_TILE
 
-static void tile_quant_any(const CsmWeight *w, int64_t r0, const Act *a, int b0, float *y, int64_t ystride,
-                           int R, int NB) {
-#define CSM_Q(RR, NBB, QQ, BB) if (R == RR && NB == NBB && q4 == QQ && bpg == BB) { tile_quant(w, r0, a, b0, y, ystride, RR, NBB, QQ, BB); return; }
-#define CSM_QS(QQ, BB) CSM_Q(4, 1, QQ, BB) CSM_Q(4, 2, QQ, BB) CSM_Q(2, 3, QQ, BB) CSM_Q(2, 4, QQ, BB)
-    const int q4 = w->fmt == FMT_Q4, bpg = w->group / 64;
-    CSM_QS(0, 1) CSM_QS(1, 1) CSM_QS(0, 2) CSM_QS(1, 2)
-#undef CSM_QS
-#undef CSM_Q
-    for (int r = 0; r < R; r++) /* other groups (256, ...): one row and stream at a time */
-        for (int b = b0; b < b0 + NB; b++) y[(int64_t)b * ystride + r0 + r] = dot_quant(w, r0 + r, a, b, VARIANT_BEST);
-}
+typedef void (*QuantTile)(const uint8_t *, int64_t, const float *, const float *, int64_t, const int8_t *, int64_t,
+                          const float *, const float *, float *, int64_t);
+/* [q4][bpg - 1][shape: 4x1, 4x2, 2x3, 2x4] */
+static const QuantTile QUANT_TILES[2][2][4] = {
+    {{tile_quant_4x1_0_1, tile_quant_4x2_0_1, tile_quant_2x3_0_1, tile_quant_2x4_0_1},
+     {tile_quant_4x1_0_2, tile_quant_4x2_0_2, tile_quant_2x3_0_2, tile_quant_2x4_0_2}},
+    {{tile_quant_4x1_1_1, tile_quant_4x2_1_1, tile_quant_2x3_1_1, tile_quant_2x4_1_1},
+     {tile_quant_4x1_1_2, tile_quant_4x2_1_2, tile_quant_2x3_1_2, tile_quant_2x4_1_2}}};
 #endif
+
+/* the tile shape for nb streams: 4 rows x 1-2 streams, or 2 rows x 3-4 streams */
+static inline int tile_rows(int nb) { return nb <= 2 ? 4 : 2; }
 
 /* rows [r0, r1) of a row-major weight for all B streams, in tiles of R rows x NB streams */
 static void rows_tiled(const CsmWeight *w, int64_t r0, int64_t r1, const Act *a, float *y) {
     const int B = a->B;
     for (int b0 = 0; b0 < B; b0 += 4) {
-        const int nb = B - b0 < 4 ? B - b0 : 4;
-        const int R = nb <= 2 ? 4 : 2;
+        const int nb = B - b0 < 4 ? B - b0 : 4, R = tile_rows(nb);
+        float *yb = y + (int64_t)b0 * w->out;
         int64_t r = r0;
-        for (; r + R <= r1; r += R) {
-#define CSM_TILE(fn, RR, NBB, ...) case NBB: fn(__VA_ARGS__, RR, NBB); break
 #if defined(CSM_BF16DOT)
-            if (w->fmt == FMT_BF16) {
-                const uint16_t *W = (const uint16_t *)w->data;
-                if (R == 4) {
-                    switch (nb) { CSM_TILE(tile_bf16, 4, 1, W, w->in, r, a, b0, y, w->out);
-                                  CSM_TILE(tile_bf16, 4, 2, W, w->in, r, a, b0, y, w->out); }
-                } else {
-                    switch (nb) { CSM_TILE(tile_bf16, 2, 3, W, w->in, r, a, b0, y, w->out);
-                                  CSM_TILE(tile_bf16, 2, 4, W, w->in, r, a, b0, y, w->out); }
+        if (w->fmt == FMT_BF16) {
+            const uint16_t *W = (const uint16_t *)w->data, *X = a->xb + (int64_t)b0 * a->in;
+            for (; r + R <= r1; r += R) {
+                const uint16_t *Wr = W + r * w->in;
+                switch (nb) {
+                case 1: tile_bf16_4x1(Wr, w->in, X, a->in, yb + r, w->out); break;
+                case 2: tile_bf16_4x2(Wr, w->in, X, a->in, yb + r, w->out); break;
+                case 3: tile_bf16_2x3(Wr, w->in, X, a->in, yb + r, w->out); break;
+                default: tile_bf16_2x4(Wr, w->in, X, a->in, yb + r, w->out); break;
                 }
-                continue;
             }
+        }
 #endif
 #if defined(CSM_VNNI512)
-            tile_quant_any(w, r, a, b0, y, w->out, R, nb);
-#endif
-#undef CSM_TILE
+        if (w->fmt == FMT_Q8 || w->fmt == FMT_Q4) {
+            const int q4 = w->fmt == FMT_Q4;
+            const int64_t ng = w->in / w->group, rb = q4 ? w->in / 2 : w->in;
+            const QuantTile fn = QUANT_TILES[q4][w->group / 64 - 1][nb - 1];
+            const int8_t *X = (q4 ? a->xp : a->xq) + (int64_t)b0 * a->in;
+            for (; r + R <= r1; r += R)
+                fn((const uint8_t *)w->data + r * rb, rb, w->scales + r * ng, w->biases + r * ng, ng, X, a->in,
+                   a->dx + (int64_t)b0 * ng, a->cb + (int64_t)b0 * ng, yb + r, w->out);
         }
+#endif
         for (; r < r1; r++) /* rows left over: one at a time (the same bits) */
             for (int b = b0; b < b0 + nb; b++)
                 y[(int64_t)b * w->out + r] = w->fmt == FMT_BF16
@@ -546,7 +570,7 @@ static int tiled(const CsmWeight *w, int variant) {
     if (w->fmt == FMT_BF16 && w->in >= 32) return 1;
 #endif
 #if defined(CSM_VNNI512)
-    if ((w->fmt == FMT_Q8 || w->fmt == FMT_Q4) && w->group % 64 == 0) return 1;
+    if ((w->fmt == FMT_Q8 || w->fmt == FMT_Q4) && (w->group == 64 || w->group == 128)) return 1;
 #endif
     return 0;
 }
