@@ -337,13 +337,21 @@ class Generator:
         if self.scheduler is not None and not self.scheduler.idle():
             raise InputError("requests are running: let them finish before changing the batch")
         self.scheduler = Scheduler(self, max_batch=max_batch, prefill_chunks=prefill_chunks)
+        self._kernels_for(max_batch)
         return self.scheduler
+
+    def _kernels_for(self, max_batch: int) -> None:
+        """The backend's kernels for this batch size; cached rows from other kernels are dropped,
+        so a stream's rows all come from the kernels that continue it."""
+        if self.backend.batch_kernels(max_batch):
+            self.reset()
 
     def unbatch(self) -> None:
         """Back to one request at a time in the caller's thread."""
         if self.scheduler is not None and not self.scheduler.idle():
             raise InputError("requests are running: let them finish before changing the batch")
         self.scheduler = None
+        self._kernels_for(1)
 
     # -- cache state (of one key; None: the calls that name no key) ----------------------------
 

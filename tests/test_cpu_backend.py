@@ -133,10 +133,13 @@ def test_prefill_and_step_match_the_float32_backbone(f32, backend):
 DRAWS = [Draw(0.9, 50, True, 11, 3), Draw(0.0, 50, True, 12, 0), Draw(1.3, 0, False, 13, 7)]
 
 
+@pytest.mark.parametrize("max_batch", [1, 4])
 @pytest.mark.parametrize("bits", [None, 8, 4])
 @needs_native
-def test_a_batch_gives_each_stream_its_codes_alone(tiny_model_path, bits):
+def test_a_batch_gives_each_stream_its_codes_alone(tiny_model_path, bits, max_batch):
+    """With the one-stream kernels and with the batch kernels (AMX where the CPU has it)."""
     be = cpu(load(tiny_model_path, bits))
+    be.batch_kernels(max_batch)
     lengths = [5, 12, 9]
 
     def primed():
@@ -159,6 +162,31 @@ def test_a_batch_gives_each_stream_its_codes_alone(tiny_model_path, bits):
     for (a, _), (b, _), n in zip(batch, alone, lengths):
         assert a.offset == b.offset == n + 4
         assert np.array_equal(a.kv[..., :a.offset, :], b.kv[..., :b.offset, :])
+
+
+@needs_native
+def test_batch_kernels_stay_within_bf16_rounding_and_are_chosen_once(f32):
+    from engine.cpu.frame import VARIANT_AMX, VARIANT_BEST, best_variant
+
+    h, codes = probe()
+    ref = np.array(f32.frame_logits(mx.array(h), mx.array(codes)))
+    be = cpu(f32)
+    one = be.frame_logits(h, codes)
+    assert be.native.variant == VARIANT_BEST and be.batch_kernels(1) is False
+    changed = be.batch_kernels(4)
+    assert changed == (best_variant() == VARIANT_AMX)
+    assert ("amx-bf16" in be.detail) == changed
+    batched = be.frame_logits(h, codes)
+    assert distance(ref, batched) < 0.03
+    assert distance(one, batched) < 1e-4  # float32 summation order only
+    assert be.batch_kernels(4) is False and be.batch_kernels(1) == changed
+    assert np.array_equal(be.frame_logits(h, codes), one)
+
+
+@needs_native
+def test_portable_kernels_never_switch(f32):
+    be = cpu(f32, portable=True)
+    assert be.batch_kernels(8) is False and "portable C" in be.detail
 
 
 @needs_native

@@ -88,6 +88,9 @@ class FakeBackend:
             out.append(codes)
         return np.array(out, dtype=np.int32)
 
+    def batch_kernels(self, max_batch):
+        return False
+
     def start(self, result):
         pass
 

@@ -9,6 +9,8 @@ talks to the network only through it:
     step(caches, codes, draws) -> codes          feed each stream's frame as one row, draw the next
     start(result)                                begin computing a result without waiting
     frame_logits(hidden, codes) -> logits        (B, 32, V) teacher-forced logits (tests)
+    batch_kernels(max_batch) -> bool             pick the kernels for batches of up to max_batch
+                                                 streams (Generator.batch); True if they changed
 
 Streams are independent: a stream's hidden states and codes do not depend on which other streams
 share a call, nor on how many (per-row arithmetic is the same for any batch). Draws are
@@ -67,6 +69,8 @@ class FrameBackend(Protocol):
     def start(self, result) -> None: ...
 
     def frame_logits(self, hidden, codes): ...
+
+    def batch_kernels(self, max_batch: int) -> bool: ...
 
 
 def choose_backend(csm, options=None) -> FrameBackend:

@@ -129,6 +129,10 @@ class MLXBackend:
         if isinstance(result, mx.array):
             mx.async_eval(result)
 
+    def batch_kernels(self, max_batch: int) -> bool:
+        """One graph serves every batch size here: nothing to change."""
+        return False
+
     def frame_logits(self, hidden, codes) -> np.ndarray:
         logits = self.csm.frame_logits(mx.array(hidden).astype(self.csm._act_dtype()), mx.array(codes))
         return np.array(logits.astype(mx.float32))

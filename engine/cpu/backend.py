@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ContextTooLongError, InputError
-from .frame import VARIANT_BEST, VARIANT_PORTABLE, NativeModel, features
+from .frame import VARIANT_AMX, VARIANT_BEST, VARIANT_PORTABLE, NativeModel, best_variant, features
 from .pack import pack_csm
 from .prefill import backbone_prefill, embed_rows
 
@@ -68,13 +68,35 @@ class CpuBackend:
         self.max_positions = int(self.config.max_seq_len)
         self.threads = int(threads or default_threads())
         self.packed = pack_csm(csm)
+        self.portable = portable
         self.native = NativeModel(self.packed, self.threads, VARIANT_PORTABLE if portable else VARIANT_BEST)
         self.K = self.config.audio_num_codebooks
         gemm = _gemm(self.threads)
         self._product = gemm if gemm is not None else self.native.product
-        kernels = "portable C" if portable else (", ".join(f for f in features() if f != "openmp") or "portable C")
+        self._prefill_by = "gemm" if gemm is not None else "frame kernels"
+        self._describe()
+
+    def _describe(self) -> None:
+        used = [f for f in features() if f != "openmp" and (f != "amx-bf16" or self.native.variant == VARIANT_AMX)]
+        kernels = "portable C" if self.portable else (", ".join(used) or "portable C")
         self.detail = (f"cpu: {'+'.join(self.packed.formats)} weights, {kernels}, {self.threads} threads"
-                       f", prefill {'gemm' if gemm is not None else 'frame kernels'}")
+                       f", prefill {self._prefill_by}")
+
+    def batch_kernels(self, max_batch: int) -> bool:
+        """bf16 products for one stream run fastest as AVX512 dot products; for several they run on
+        AMX tiles (Sapphire Rapids and later), which read each weight once for up to 16 streams but
+        are ~15-25% slower for one stream alone. So batching (max_batch > 1) switches to AMX where
+        this CPU and process have it, and back for one stream. Each is used for every batch size while
+        it is chosen, so a stream's codes never depend on what shares its batch; the two differ from
+        each other by float32 summation order. -> True if the kernels changed."""
+        if self.portable:
+            return False
+        wanted = best_variant() if max_batch > 1 else VARIANT_BEST
+        if wanted == self.native.variant:
+            return False
+        self.native.set_variant(wanted)
+        self._describe()
+        return True
 
     # ---- caches --------------------------------------------------------------------------------
     def new_cache(self, max_positions: int) -> CpuStreamCache:

@@ -50,9 +50,14 @@
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #define CSM_BF16DOT 1
 #endif
+#if defined(CSM_BF16DOT) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define CSM_AMX 1
+#endif
 
 enum { FMT_BF16 = 0, FMT_Q8 = 1, FMT_Q4 = 2, FMT_BF16_T = 3 };
-enum { VARIANT_PORTABLE = 0, VARIANT_BEST = 1 };
+/* VARIANT_AMX: VARIANT_BEST with bf16 row-major products on AMX tiles (chosen at load, after the
+ * process has the kernel's permission to use tile data; engine/cpu/frame.py) */
+enum { VARIANT_PORTABLE = 0, VARIANT_BEST = 1, VARIANT_AMX = 2 };
 
 typedef struct {
     int32_t fmt, group;
@@ -128,6 +133,9 @@ int csm_features(void) {
 #if defined(__AVXVNNI__)
     f |= 32;
 #endif
+#ifdef CSM_AMX
+    f |= 64;
+#endif
     return f;
 }
 
@@ -144,6 +152,7 @@ typedef struct {
     int8_t *xp;            /* (B, in) int8 for int4 rows: each block (q4_block) as [even elements, odd ones] */
     float *dx;             /* (B, in/group): the quantization step per group */
     float *cb;             /* (B, in/group): dx * sum(xq) per group (the bias term's input) */
+    uint16_t *xt;          /* AMX: X^T in VNNI pairs, per 16 streams and 32 inputs a 16 x 16 pair tile */
 } Act;
 
 /* int4 rows are read in blocks of 64 codes (32 bytes: low nibbles = even elements, high = odd ones)
@@ -151,15 +160,29 @@ typedef struct {
 static inline int q4_block(int group) { return group % 64 == 0 ? 64 : 32; }
 
 static void act_free(Act *a) {
-    free(a->xb); free(a->xq); free(a->xp); free(a->dx); free(a->cb);
+    free(a->xb); free(a->xq); free(a->xp); free(a->dx); free(a->cb); free(a->xt);
     memset(a, 0, sizeof(*a));
 }
 
-static void act_prepare(Act *a, const float *x, int B, int64_t in, int group) {
+/* amx: also lay the input out for AMX tiles (bf16 weights, variant VARIANT_AMX) */
+static void act_prepare(Act *a, const float *x, int B, int64_t in, int group, int amx) {
     a->B = B; a->in = in; a->group = group; a->x = x;
     a->xb = (uint16_t *)malloc(sizeof(uint16_t) * B * in);
     for (int64_t i = 0; i < B * in; i++) a->xb[i] = f32_to_bf16(x[i]);
-    a->xq = NULL; a->xp = NULL; a->dx = NULL; a->cb = NULL;
+    a->xq = NULL; a->xp = NULL; a->dx = NULL; a->cb = NULL; a->xt = NULL;
+    if (amx && group <= 0 && in % 32 == 0) { /* tile (chunk c, slice kb): row k2, column n = x[16c+n][32kb+2k2 .. +1] */
+        const int64_t nkb = in / 32, chunks = (B + 15) / 16;
+        a->xt = (uint16_t *)calloc((size_t)(chunks * nkb * 512), sizeof(uint16_t));
+        for (int b = 0; b < B; b++) {
+            const uint16_t *xr = a->xb + (int64_t)b * in;
+            uint16_t *base = a->xt + (int64_t)(b / 16) * nkb * 512 + (b % 16) * 2;
+            for (int64_t kb = 0; kb < nkb; kb++)
+                for (int k2 = 0; k2 < 16; k2++) {
+                    base[kb * 512 + k2 * 32] = xr[kb * 32 + 2 * k2];
+                    base[kb * 512 + k2 * 32 + 1] = xr[kb * 32 + 2 * k2 + 1];
+                }
+        }
+    }
     if (group <= 0) return;
     int64_t ng = in / group;
     a->xq = (int8_t *)malloc(B * in);
@@ -208,7 +231,7 @@ static float dot_bf16(const uint16_t *w, const uint16_t *xb, int64_t in, int var
     int64_t i = 0;
     float s = 0.0f;
 #ifdef CSM_BF16DOT
-    if (variant == VARIANT_BEST) {
+    if (variant != VARIANT_PORTABLE) {
         __m512 acc = _mm512_setzero_ps();
         for (; i + 32 <= in; i += 32) {
             _mm_prefetch((const char *)(w + i) + PREFETCH_AHEAD, _MM_HINT_T0);
@@ -277,7 +300,7 @@ static float bias_term(const float *bi, const float *cb, int64_t ng, int variant
     float bacc[8] = {0};
     int64_t g = 0;
 #if defined(CSM_AVX2)
-    if (variant == VARIANT_BEST && ng >= 8) {
+    if (variant != VARIANT_PORTABLE && ng >= 8) {
         __m256 v = _mm256_setzero_ps();
         for (; g + 8 <= ng; g += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(bi + g), _mm256_loadu_ps(cb + g), v);
         _mm256_storeu_ps(bacc, v);
@@ -299,7 +322,7 @@ static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int v
     const int8_t *x = (q4 ? a->xp : a->xq) + b * a->in;
     float acc[8] = {0};
 #if defined(CSM_AVX2)
-    if (variant == VARIANT_BEST) {
+    if (variant != VARIANT_PORTABLE) {
         __m256 facc = _mm256_setzero_ps();
         for (int64_t g = 0; g < ng; g++) {
             __m256i is = _mm256_setzero_si256();
@@ -325,7 +348,7 @@ static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int v
         return reduce8_ps(facc) + bias_term(bi, cb, ng, variant);
     }
 #elif defined(CSM_NEON_DOT)
-    if (variant == VARIANT_BEST) { /* two 4-lane halves = the same 8 lanes */
+    if (variant != VARIANT_PORTABLE) { /* two 4-lane halves = the same 8 lanes */
         float32x4_t f0 = vdupq_n_f32(0.0f), f1 = vdupq_n_f32(0.0f);
         const uint8x16_t low = vdupq_n_u8(0x0F), flip = vdupq_n_u8(0x80);
         for (int64_t g = 0; g < ng; g++) {
@@ -394,7 +417,12 @@ typedef struct {
     float *y; /* (B, w->out) */
 } Job;
 
-static int64_t job_tiles(const CsmWeight *w) {
+#define AMX_ROWS 32 /* output rows of one AMX job: two 16-row weight tiles */
+
+static int on_amx(const CsmWeight *w, int variant) { return variant == VARIANT_AMX && w->fmt == FMT_BF16 && w->in % 32 == 0; }
+
+static int64_t job_tiles(const CsmWeight *w, int variant) {
+    if (on_amx(w, variant)) return (w->out + AMX_ROWS - 1) / AMX_ROWS;
     return w->fmt == FMT_BF16_T ? (w->out + COL_TILE - 1) / COL_TILE : (w->out + ROW_TILE - 1) / ROW_TILE;
 }
 
@@ -565,7 +593,7 @@ static void rows_tiled(const CsmWeight *w, int64_t r0, int64_t r1, const Act *a,
 
 /* whether rows_tiled has SIMD tiles for this weight here */
 static int tiled(const CsmWeight *w, int variant) {
-    if (variant != VARIANT_BEST) return 0;
+    if (variant == VARIANT_PORTABLE) return 0;
 #if defined(CSM_BF16DOT)
     if (w->fmt == FMT_BF16 && w->in >= 32) return 1;
 #endif
@@ -575,9 +603,68 @@ static int tiled(const CsmWeight *w, int variant) {
     return 0;
 }
 
+#if defined(CSM_AMX)
+/* bf16 rows on AMX: Y^T (16 rows x 16 streams) += W tile (16 rows x 32 inputs, read in place with the
+ * row stride) x X^T pair tile (Act.xt), tdpbf16ps, one or two row tiles per job. Each output depends
+ * only on its own weight row and stream (other streams' columns are other columns; missing streams
+ * are zeros), so a stream's bits do not depend on B. Tiles 0, 1: accumulators; 4, 5: weights; 6: X^T. */
+typedef struct __attribute__((packed)) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+static void amx_configure(void) {
+    TileConfig c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int i = 0; i < 8; i++) { c.colsb[i] = 64; c.rows[i] = 16; }
+    _tile_loadconfig(&c);
+}
+
+
+
+static void amx_rows(const uint16_t *W, int64_t in, int64_t r0, int tiles, const Act *a, float *y, int64_t ystride) {
+    const int64_t nkb = in / 32, stride = in * 2;
+    float c[2][256] __attribute__((aligned(64)));
+    const uint16_t *W0 = W + r0 * in, *W1 = W0 + 16 * in;
+    for (int chunk = 0; chunk * 16 < a->B; chunk++) {
+        const uint16_t *xt = a->xt + (int64_t)chunk * nkb * 512;
+        _tile_zero(0);
+        if (tiles == 2) _tile_zero(1);
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            _tile_loadd(4, W0 + kb * 32, stride);
+            _tile_loadd(6, xt + kb * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            if (tiles == 2) {
+                _tile_loadd(5, W1 + kb * 32, stride);
+                _tile_dpbf16ps(1, 5, 6);
+            }
+        }
+        _tile_stored(0, c[0], 64);
+        if (tiles == 2) _tile_stored(1, c[1], 64);
+        const int nb = a->B - chunk * 16 < 16 ? a->B - chunk * 16 : 16;
+        for (int t = 0; t < tiles; t++)
+            for (int b = 0; b < nb; b++)
+                for (int m = 0; m < 16; m++) y[(int64_t)(chunk * 16 + b) * ystride + r0 + 16 * t + m] = c[t][m * 16 + b];
+    }
+}
+#endif
+
 static void run_tile(const Job *j, int64_t tile, const Act *a, int variant) {
     const CsmWeight *w = j->w;
     const int B = a->B;
+#if defined(CSM_AMX)
+    if (on_amx(w, variant)) { /* rows past the last full 16 go one at a time through dot_bf16 */
+        const int64_t r0 = tile * AMX_ROWS, left = w->out - r0;
+        const int tiles = left >= 32 ? 2 : (int)(left / 16);
+        if (tiles) amx_rows((const uint16_t *)w->data, w->in, r0, tiles, a, j->y, w->out);
+        for (int64_t r = r0 + 16 * tiles; r < r0 + AMX_ROWS && r < w->out; r++)
+            for (int b = 0; b < B; b++)
+                j->y[(int64_t)b * w->out + r] = dot_bf16((const uint16_t *)w->data + r * w->in, a->xb + (int64_t)b * a->in, w->in, VARIANT_BEST);
+        return;
+    }
+#endif
     if (w->fmt == FMT_BF16_T) { /* y[o] = sum_i x[i] * W[i, o], W (in, out): each input row widened once for all streams */
         int64_t o0 = tile * COL_TILE, o1 = o0 + COL_TILE < w->out ? o0 + COL_TILE : w->out, n = o1 - o0;
         const uint16_t *W = (const uint16_t *)w->data;
@@ -618,18 +705,32 @@ static void products(const CsmModel *m, const Job *jobs, int n, const Act *a) {
     int64_t starts[8], total = 0, work = 0;
     for (int i = 0; i < n; i++) {
         starts[i] = total;
-        total += job_tiles(jobs[i].w);
+        total += job_tiles(jobs[i].w, m->variant);
         work += jobs[i].w->out * jobs[i].w->in * a->B;
     }
     const int variant = m->variant;
     /* Small products run on one thread: waking the others costs more than they save (and far more
      * when the machine is busy and a woken thread must wait for a core). */
-    #pragma omp parallel for schedule(dynamic, 2) num_threads(n_threads(m)) if(work >= PARALLEL_WORK)
-    for (int64_t t = 0; t < total; t++) {
-        int i = n - 1;
-        while (starts[i] > t) i--;
-        run_tile(&jobs[i], t - starts[i], a, variant);
+    int amx = 0;
+#if defined(CSM_AMX)
+    for (int i = 0; i < n; i++) amx |= on_amx(jobs[i].w, variant);
+#endif
+    #pragma omp parallel num_threads(n_threads(m)) if(work >= PARALLEL_WORK)
+    {
+#if defined(CSM_AMX)
+        if (amx) amx_configure(); /* tile state is per thread; released after the loop */
+#endif
+        #pragma omp for schedule(dynamic, 2)
+        for (int64_t t = 0; t < total; t++) {
+            int i = n - 1;
+            while (starts[i] > t) i--;
+            run_tile(&jobs[i], t - starts[i], a, variant);
+        }
+#if defined(CSM_AMX)
+        if (amx) _tile_release();
+#endif
     }
+    (void)amx;
 }
 
 static int input_group(const CsmWeight *w) { return (w->fmt == FMT_Q8 || w->fmt == FMT_Q4) ? w->group : 0; }
@@ -637,7 +738,7 @@ static int input_group(const CsmWeight *w) { return (w->fmt == FMT_Q8 || w->fmt 
 /* y = x @ W^T for B rows */
 static void product1(const CsmModel *m, const CsmWeight *w, const float *x, int B, float *y) {
     Act a;
-    act_prepare(&a, x, B, w->in, input_group(w));
+    act_prepare(&a, x, B, w->in, input_group(w), m->variant == VARIANT_AMX);
     Job j = {w, y};
     products(m, &j, 1, &a);
     act_free(&a);
@@ -689,7 +790,7 @@ static void stack_step(const CsmModel *m, const CsmStack *s, int B, float *x, fl
         const CsmLayer *L = &s->layers[l];
         for (int b = 0; b < B; b++) rms_norm(x + b * D, L->norm1, D, s->eps, h + b * D);
         Act a;
-        act_prepare(&a, h, B, D, input_group(&L->q));
+        act_prepare(&a, h, B, D, input_group(&L->q), m->variant == VARIANT_AMX);
         Job qkv[3] = {{&L->q, q}, {&L->k, k}, {&L->v, v}};
         products(m, qkv, 3, &a);
         act_free(&a);
@@ -727,7 +828,7 @@ static void stack_step(const CsmModel *m, const CsmStack *s, int B, float *x, fl
         product1(m, &L->o, att, B, o);
         for (int64_t i = 0; i < (int64_t)B * D; i++) x[i] += o[i];
         for (int b = 0; b < B; b++) rms_norm(x + b * D, L->norm2, D, s->eps, h + b * D);
-        act_prepare(&a, h, B, D, input_group(&L->gate));
+        act_prepare(&a, h, B, D, input_group(&L->gate), m->variant == VARIANT_AMX);
         Job gu[2] = {{&L->gate, gt}, {&L->up, up}};
         products(m, gu, 2, &a);
         act_free(&a);

@@ -8,7 +8,6 @@ methods are thin wrappers over the C entry points; engine/cpu/backend.py drives 
 from __future__ import annotations
 
 import ctypes
-import os
 from ctypes import POINTER, Structure, c_double, c_float, c_int, c_int32, c_int64, c_uint64, c_void_p
 
 import numpy as np
@@ -16,8 +15,9 @@ import numpy as np
 from .pack import PackedCSM, PackedStack, PackedWeight
 
 FORMAT_CODES = {"bf16": 0, "q8": 1, "q4": 2, "bf16t": 3}
-VARIANT_PORTABLE, VARIANT_BEST = 0, 1
-FEATURE_NAMES = {1: "avx512-bf16", 2: "vnni", 4: "avx2", 8: "neon-dotprod", 16: "openmp", 32: "avx-vnni"}
+VARIANT_PORTABLE, VARIANT_BEST, VARIANT_AMX = 0, 1, 2  # frame.c's variants
+FEATURE_NAMES = {1: "avx512-bf16", 2: "vnni", 4: "avx2", 8: "neon-dotprod", 16: "openmp", 32: "avx-vnni",
+                 64: "amx-bf16"}
 
 
 class CsmWeight(Structure):
@@ -122,6 +122,9 @@ class NativeModel:
     def __init__(self, packed: PackedCSM, threads: int, variant: int = VARIANT_BEST,
                  max_positions: int | None = None, lib: ctypes.CDLL | None = None):
         self.lib = lib or library()
+        if variant == VARIANT_AMX and (lib is not None or best_variant() != VARIANT_AMX):
+            variant = VARIANT_BEST  # tile instructions without the kernel's permission would kill the process
+        self.variant = variant
         self.packed = packed
         cfg = packed.config
         self.K, self.V = cfg.audio_num_codebooks, cfg.audio_vocab_size
@@ -153,6 +156,12 @@ class NativeModel:
         self._keep += [layers, cos, sin]
         return CsmStack(a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.head_dim, a.hidden_dim, positions,
                         a.norm_eps, layers, _ptr(s.norm), _ptr(cos), _ptr(sin))
+
+    def set_variant(self, variant: int) -> None:
+        """Switch kernels (between frames; engine/cpu/backend.py's batch_kernels)."""
+        if variant == VARIANT_AMX and best_variant() != VARIANT_AMX:
+            variant = VARIANT_BEST
+        self.variant = self.struct.variant = variant
 
     # ---- calls ---------------------------------------------------------------------------------
     @staticmethod
@@ -216,6 +225,16 @@ def draw_structs(draws, B: int):
     return arr
 
 
-def env_variant() -> int:
-    """CSM_CPU_KERNELS=portable builds nothing new but runs the plain-C loops (tests compare them)."""
-    return VARIANT_PORTABLE if os.environ.get("CSM_CPU_KERNELS", "").strip().lower() == "portable" else VARIANT_BEST
+def best_variant() -> int:
+    """VARIANT_AMX where frame.c was built with AMX and this process may use tile data (the kernel's
+    permission is asked once, by engine/cpu/gemm.c), else VARIANT_BEST. Chosen once, at load: a
+    stream's bf16 products then run on the same kernel whatever the batch (AMX for any B, or the
+    AVX512 dot products for any B), so its bits never depend on what shares the batch."""
+    if "amx-bf16" not in features():
+        return VARIANT_BEST
+    from . import gemm
+
+    try:
+        return VARIANT_AMX if gemm.available() and gemm.supported("amx-bf16") else VARIANT_BEST
+    except Exception:  # gemm.c did not build: no permission asked, no tiles
+        return VARIANT_BEST
