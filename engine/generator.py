@@ -225,6 +225,8 @@ class Request:
         self.on_frame = on_frame
         self.result = None  # the current (not yet inspected) frame: row `index` of `result`
         self.index = 0
+        self.hidden = None  # the last prefilled row's backbone state, until the first frame is drawn
+        self.first_pending = False  # prefilled; the first frame is drawn by the next tick
         self.frames: list[np.ndarray] = []
         self.pending: list[np.ndarray] = []  # frames not yet handed out
         self.decoder = gen.codec.streaming_decoder() if (decode and streaming) else None
@@ -240,7 +242,7 @@ class Request:
 
     @property
     def prefilled(self) -> bool:
-        return self.result is not None
+        return self.result is not None or self.first_pending
 
     def launches(self) -> bool:
         """Whether this tick feeds the current frame back (a next frame may be needed)."""
@@ -463,10 +465,7 @@ class Generator:
                 done += 1
             if request.next_row < len(tokens):
                 return False
-            request.result = self.backend.frames_from_hidden([request.hidden], [request.draw.at(0)])
-            request.index = 0
-            request.hidden = None
-            self.backend.start(request.result)
+            request.first_pending = True  # its first frame joins the next tick's batched depth pass
             self.streams.evict()
             return True
         except BaseException:
@@ -501,23 +500,22 @@ class Generator:
                 r.clock.pause()
 
     def _tick(self, requests: list[Request]) -> None:
-        feeders = [r for r in requests if r.launches()]
+        firsts = [r for r in requests if r.first_pending]  # just prefilled: draw frame 0 from hidden
+        others = [r for r in requests if not r.first_pending]
+        feeders = [r for r in others if r.launches()]
         blocks = [r for r in feeders if self._completes_block(r)]
         rows = [r for r in feeders if r not in blocks]
         current = {r.id: np.asarray(r.result)[r.index] for r in blocks}  # waits for these frames
+        hidden = [self._recompute_block(r, current[r.id]) for r in blocks] + [r.hidden for r in firsts]
+        hidden_draws = [r.draw.at(len(r.frames) + 1) for r in blocks] + [r.draw.at(0) for r in firsts]
         launched: dict[int, tuple] = {}
-        if rows:
-            codes = _gather([(r.result, r.index) for r in rows])
+        if rows or hidden:  # one batched depth pass for every stream's next frame
+            codes = _gather([(r.result, r.index) for r in rows]) if rows else None
             draws = [r.draw.at(len(r.frames) + 1) for r in rows]
-            result = self.backend.step([r.stream.cache for r in rows], codes, draws)
+            result = self.backend.frames([r.stream.cache for r in rows], codes, draws, hidden, hidden_draws)
             self.backend.start(result)
-            launched.update({r.id: (result, i) for i, r in enumerate(rows)})
-        if blocks:
-            hidden = [self._recompute_block(r, current[r.id]) for r in blocks]
-            result = self.backend.frames_from_hidden(hidden, [r.draw.at(len(r.frames) + 1) for r in blocks])
-            self.backend.start(result)
-            launched.update({r.id: (result, i) for i, r in enumerate(blocks)})
-        for r in requests:
+            launched.update({r.id: (result, i) for i, r in enumerate(rows + blocks + firsts)})
+        for r in others:
             frame = current.get(r.id)
             if frame is None:
                 frame = np.asarray(r.result)[r.index]
@@ -529,6 +527,9 @@ class Generator:
                         r.stream.canonical = r.stream.rows.count
                 r.result, r.index = launched[r.id]
             r.take(frame)
+        for r in firsts:
+            r.result, r.index = launched[r.id]
+            r.hidden, r.first_pending = None, False
 
     def _completes_block(self, r: Request) -> bool:
         """Whether feeding r's current frame completes a canonical block (see the module doc)."""

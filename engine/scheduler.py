@@ -10,7 +10,9 @@ each frame step. One `advance()`:
   2. one newcomer's prompt is prefilled by `prefill_chunks` aligned chunks (all of it when nothing
      else is running), so a long prompt does not freeze the others' audio: they get a frame
      between its chunks;
-  3. one tick of Generator.tick over every prefilled request: one row each in one backend.step.
+  3. one tick of Generator.tick over every prefilled request: one row each through the backbone, and
+     one batched depth pass for all of them, with the first frame of a newcomer whose prompt just
+     finished and the frame after any recomputed canonical block (backend.frames).
 
 A request keeps its own seed, sampler settings, stop rules, streaming decoder and cancellation;
 its codes do not depend on the batch (backends hold rows independent). Requests leave when they
@@ -96,7 +98,8 @@ class Scheduler:
         newcomer = next((r for r in self.batch if not r.prefilled and not r.done), None)
         if newcomer is not None:
             try:
-                self.generator.prefill_some(newcomer, self.prefill_chunks if ready else None)
+                if self.generator.prefill_some(newcomer, self.prefill_chunks if ready else None):
+                    ready.append(newcomer)  # its first frame joins this tick
             except Exception as error:  # this request fails alone; Generator.fail reset its stream
                 self._fail(newcomer, error)
         if ready:

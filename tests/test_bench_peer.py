@@ -45,6 +45,8 @@ def test_driver_takes_turns_and_reports_ratios(tmp_path, monkeypatch):
         assert 0 < ours["frames_per_second_with_decode"] < ours["frames_per_second"]
         assert ours["all_audio_seconds"] > ours["prefill_seconds"]
         assert ours["peak_rss_gb"] > 0
+        # the same work through the Generator (CSMModel.generate's streaming path)
+        assert 0 < ours["streamed_first_audio_seconds"] < ours["streamed_all_audio_seconds"]
         ratio = r["ratios_ours_over_theirs"][variant]["prefill_rows_per_second"]
         assert abs(ratio - r["medians"][variant]["prefill_rows_per_second"] / 16.0) < 1e-9
     assert r["rounds"][0]["theirs"]["peak_rss_gb"] > 0  # from wait4
@@ -58,7 +60,8 @@ def test_driver_takes_turns_and_reports_ratios(tmp_path, monkeypatch):
 def fake_figures(scale: float) -> dict:
     return {"prefill_rows_per_second": 100.0 * scale, "first_frame_seconds": 2.0 / scale,
             "time_to_first_audio": 3.0 / scale, "frames_per_second": 1.0 * scale,
-            "frames_per_second_with_decode": 0.8 * scale, "all_audio_seconds": 30.0 / scale, "peak_rss_gb": 4.0}
+            "frames_per_second_with_decode": 0.8 * scale, "all_audio_seconds": 30.0 / scale, "peak_rss_gb": 4.0,
+            "streamed_first_audio_seconds": 2.5 / scale, "streamed_all_audio_seconds": 28.0 / scale}
 
 
 def test_variants_take_turns_and_the_report_gives_each_ratio():
@@ -94,6 +97,7 @@ def test_variants_take_turns_and_the_report_gives_each_ratio():
         assert ratios["first_frame_seconds"] == pytest.approx(1 / x)
         assert ratios["time_to_first_audio"] == pytest.approx(1 / x)
         assert ratios["peak_rss_gb"] == pytest.approx(1.0)
+        assert ratios["streamed_first_audio_seconds"] == pytest.approx(1 / x)
     assert r["medians"]["theirs"]["time_to_first_audio"] == 3.0  # the None left out
     assert r["variant_options"]["q8"] == ["--threads", "1", "--quantize", "8"]
 

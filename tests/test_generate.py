@@ -96,21 +96,18 @@ def test_a_chunk_ending_on_the_last_frame_is_decoded_once(tiny_model):
 
 
 def silence_at(model, monkeypatch, n: int) -> None:
-    """Make the model's n-th generated frame all zeros (end of speech), whichever backend call
-    draws it (the first frame comes from frames_from_hidden, the next ones from step)."""
+    """Make the model's n-th generated frame all zeros (end of speech): the generator draws every
+    frame of a request through backend.frames (the first from the prompt's hidden state)."""
     backend = model.generator.backend
     calls = []
+    real = backend.frames
 
-    def wrap(real):
-        def call(*args):
-            codes = real(*args)
-            calls.append(1)
-            return np.zeros_like(np.asarray(codes)) if len(calls) == n else codes
+    def call(*args):
+        codes = real(*args)
+        calls.append(1)
+        return np.zeros_like(np.asarray(codes)) if len(calls) == n else codes
 
-        return call
-
-    monkeypatch.setattr(backend, "frames_from_hidden", wrap(backend.frames_from_hidden))
-    monkeypatch.setattr(backend, "step", wrap(backend.step))
+    monkeypatch.setattr(backend, "frames", call)
 
 
 def test_end_of_speech_on_a_chunk_edge_streams_what_came_before(tiny_model, monkeypatch):

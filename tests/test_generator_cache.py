@@ -88,6 +88,11 @@ class FakeBackend:
             out.append(codes)
         return np.array(out, dtype=np.int32)
 
+    def frames(self, caches, codes, draws, hidden, hidden_draws):
+        parts = ([self.step(caches, codes, draws)] if len(caches) else []) + (
+            [self.frames_from_hidden(hidden, hidden_draws)] if len(hidden) else [])
+        return np.concatenate(parts)
+
     def batch_kernels(self, max_batch):
         return False
 

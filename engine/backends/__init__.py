@@ -7,6 +7,9 @@ talks to the network only through it:
     prefill(cache, tokens, mask) -> hidden       (T, 33) canonical rows as ONE chunk -> last row (Db,)
     frames_from_hidden(hidden, draws) -> codes   (B, 32): one frame per stream from hidden states
     step(caches, codes, draws) -> codes          feed each stream's frame as one row, draw the next
+    frames(caches, codes, draws, hidden, hidden_draws) -> codes
+                                                 step's rows, then frames from hidden states, in one
+                                                 depth pass: (len(caches) + len(hidden), 32)
     start(result)                                begin computing a result without waiting
     frame_logits(hidden, codes) -> logits        (B, 32, V) teacher-forced logits (tests)
     batch_kernels(max_batch) -> bool             pick the kernels for batches of up to max_batch
@@ -65,6 +68,9 @@ class FrameBackend(Protocol):
     def frames_from_hidden(self, hidden: Sequence, draws: Sequence[Draw]): ...
 
     def step(self, caches: Sequence[StreamCache], codes, draws: Sequence[Draw]): ...
+
+    def frames(self, caches: Sequence[StreamCache], codes, draws: Sequence[Draw], hidden: Sequence,
+               hidden_draws: Sequence[Draw]): ...
 
     def start(self, result) -> None: ...
 

@@ -92,6 +92,16 @@ class MLXBackend:
         return self._frames(hidden[:, 0, :], draws)
 
     # -- frames ----------------------------------------------------------------------------------
+    def frames(self, caches: Sequence[MLXStreamCache], codes, draws: Sequence[Draw], hidden: Sequence,
+               hidden_draws: Sequence[Draw]) -> mx.array:
+        """step() for `caches`, then frames from `hidden`: (len(caches) + len(hidden), 32)."""
+        parts = []
+        if len(caches):
+            parts.append(self.step(caches, codes, draws))
+        if len(hidden):
+            parts.append(self.frames_from_hidden(hidden, hidden_draws))
+        return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
+
     def frames_from_hidden(self, hidden: Sequence, draws: Sequence[Draw]) -> mx.array:
         h = mx.stack([mx.array(x) for x in hidden]).astype(self.csm._act_dtype())  # (B, Db)
         return self._frames(h, draws)

@@ -6,6 +6,7 @@ and laid out for frame.c (engine/cpu/frame.py). Then:
                                   the backbone's one-row step through each stream's cache, codebook 0's
                                   head, the 31 depth-decoder steps and the 32 seeded draws
   frames_from_hidden(hidden, ..)  the same from backbone states (after a prefill)
+  frames(caches, .., hidden, ..)  both in one depth pass (the batched tick)
   prefill(cache, tokens, mask)    the backbone over T rows (engine/cpu/prefill.py)
 A stream's KV cache is NumPy memory owned here: float32 (layers, 2, n_kv, max_positions, head_dim),
 its pages touched only as positions fill.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ContextTooLongError, InputError
+from .blas import numpy_blas_threads
 from .frame import VARIANT_AMX, VARIANT_BEST, VARIANT_PORTABLE, NativeModel, best_variant, features
 from .pack import pack_csm
 from .prefill import backbone_prefill, embed_rows
@@ -115,8 +117,9 @@ class CpuBackend:
                              f"got {tokens.shape} and {mask.shape}")
         self._check_ids(np.where(mask, tokens, 0))
         x = embed_rows(self.packed, tokens, mask)
-        hidden = backbone_prefill(self.packed, self._product, self.native.rope["backbone"], cache.kv,
-                                  cache.offset, x)
+        with numpy_blas_threads(1):
+            hidden = backbone_prefill(self.packed, self._product, self.native.rope["backbone"], cache.kv,
+                                      cache.offset, x)
         cache.offset += len(tokens)
         return hidden
 
@@ -135,6 +138,18 @@ class CpuBackend:
         for c in caches:
             c.offset += 1
         return out
+
+    def frames(self, caches, codes, draws, hidden, hidden_draws) -> np.ndarray:
+        """step() for `caches`, then frames from `hidden` (after prefills), through one depth pass:
+        codes (len(caches) + len(hidden), 32). A stream's codes are those of step/frames_from_hidden."""
+        parts = []
+        if len(caches):
+            parts.append(self.step_hidden(caches, codes))
+        if len(hidden):
+            parts.append(np.stack([np.asarray(x, dtype=np.float32).reshape(-1) for x in hidden]))
+        all_draws = [*draws, *hidden_draws]
+        self._check_draws(all_draws, sum(len(p) for p in parts))
+        return self.native.depth(np.concatenate(parts), all_draws)
 
     def step_hidden(self, caches, codes) -> np.ndarray:
         """Feed each stream's frame and return the backbone states (B, Db) instead of drawing (tests)."""
