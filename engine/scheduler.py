@@ -7,9 +7,11 @@ each frame step. One `advance()`:
 
   1. newcomers join at the frame boundary, up to `max_batch` requests in the batch (the rest wait,
      in arrival order);
-  2. one newcomer's prompt is prefilled by `prefill_chunks` aligned chunks (all of it when nothing
+  2. every newcomer's prompt is prefilled by `prefill_chunks` aligned chunks (all of it when nothing
      else is running), so a long prompt does not freeze the others' audio: they get a frame
-     between its chunks;
+     between its chunks. Newcomers arriving together all advance at once, so the batch fills in
+     a few ticks (one newcomer per advance left the first ones ticking alone, at nearly the cost
+     of a full batch, while the others waited);
   3. one tick of Generator.tick over every prefilled request: one row each through the backbone, and
      one batched depth pass for all of them, with the first frame of a newcomer whose prompt just
      finished and the frame after any recomputed canonical block (backend.frames).
@@ -90,15 +92,15 @@ class Scheduler:
 
     # -- one step ---------------------------------------------------------------------------------
     def advance(self) -> None:
-        """Admit, prefill one newcomer by a few chunks, and tick every prefilled request once."""
+        """Admit, prefill each newcomer by a few chunks, and tick every prefilled request once."""
         while self.waiting and len(self.batch) < self.max_batch:
             self.batch.append(self.waiting.popleft())
         self.peak_batch = max(self.peak_batch, len(self.batch))
         ready = [r for r in self.batch if r.prefilled and not r.done]
-        newcomer = next((r for r in self.batch if not r.prefilled and not r.done), None)
-        if newcomer is not None:
+        running = bool(ready)
+        for newcomer in [r for r in self.batch if not r.prefilled and not r.done]:
             try:
-                if self.generator.prefill_some(newcomer, self.prefill_chunks if ready else None):
+                if self.generator.prefill_some(newcomer, self.prefill_chunks if running else None):
                     ready.append(newcomer)  # its first frame joins this tick
             except Exception as error:  # this request fails alone; Generator.fail reset its stream
                 self._fail(newcomer, error)
