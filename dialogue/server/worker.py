@@ -294,14 +294,18 @@ class Worker:
             self.scheduler.advance()
 
     def _hand_out(self) -> None:
-        """After each scheduler step: step the other jobs that have chunks ready (not the ones
-        inside next() now), admit newcomers, and drop cancelled ones."""
+        """After each scheduler step: admit newcomers, start jobs taken together with the one that
+        is stepping (so requests arriving at once share the batch from its first ticks, instead of
+        waiting for the first one's first chunk), step the other jobs that have chunks ready (not
+        the ones inside next() now), and drop cancelled ones."""
         self._drop_cancelled()
         self._admit()
         for job in list(self.running):
             if job in self._executing or self.scheduler is None:
                 continue
-            if any(r.owner is job and r.outbox for r in self.scheduler.requests):
+            if id(job) not in self._iterators:  # taken with others but not started: join this batch
+                self._step(job)
+            elif any(r.owner is job and r.outbox for r in self.scheduler.requests):
                 self._step(job)
 
     def _drop_cancelled(self) -> None:
