@@ -483,6 +483,9 @@ static inline __attribute__((always_inline)) void tile_quant_body(
     int64_t xstride, const float *DX, const float *CB, float *y, int64_t ystride, const int R, const int NB,
     const int Q4, const int BPG) {
     const int64_t block_bytes = Q4 ? 32 : 64;
+    /* The tile reads R rows side by side, so PREFETCH_AHEAD bytes on may already be a row of this
+     * tile (int4 rows are 512-1024 bytes): ask instead for the same place R rows on, the next tile's. */
+    const int64_t ahead = R * row_bytes > PREFETCH_AHEAD ? R * row_bytes : PREFETCH_AHEAD;
     const uint8_t *wp[4];
     const float *sp[4];
     const int8_t *xp[4];
@@ -500,7 +503,7 @@ static inline __attribute__((always_inline)) void tile_quant_body(
             const int64_t at = (g * BPG + k) * block_bytes, xat = (g * BPG + k) * 64;
             __m512i wv[4];
             for (int r = 0; r < R; r++) {
-                if (k == 0) _mm_prefetch((const char *)(wp[r] + at) + PREFETCH_AHEAD, _MM_HINT_T0);
+                if (k == 0) _mm_prefetch((const char *)(wp[r] + at) + ahead, _MM_HINT_T0);
                 if (Q4) { /* 32 bytes: low nibbles = block positions 0..31, high ones = 32..63 */
                     const __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(wp[r] + at)));
                     wv[r] = _mm512_and_si512(_mm512_srlv_epi16(both, shifts), low);
