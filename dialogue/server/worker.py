@@ -303,9 +303,8 @@ class Worker:
         for job in list(self.running):
             if job in self._executing or self.scheduler is None:
                 continue
-            if id(job) not in self._iterators:  # taken with others but not started: join this batch
-                self._step(job)
-            elif any(r.owner is job and r.outbox for r in self.scheduler.requests):
+            not_started = id(job) not in self._iterators  # taken with others: it joins this batch
+            if not_started or any(r.owner is job and r.outbox for r in self.scheduler.requests):
                 self._step(job)
 
     def _drop_cancelled(self) -> None:

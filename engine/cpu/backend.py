@@ -26,6 +26,11 @@ from .pack import pack_csm
 from .prefill import backbone_prefill, embed_rows
 
 
+def _hidden_rows(hidden) -> np.ndarray:
+    """Backbone states (B of (Db,), e.g. prefill results) as one (B, Db) float32 array."""
+    return np.stack([np.asarray(x, dtype=np.float32).reshape(-1) for x in hidden])
+
+
 class CpuStreamCache:
     """One stream's backbone KV cache in native memory."""
 
@@ -126,7 +131,7 @@ class CpuBackend:
     # ---- frames --------------------------------------------------------------------------------
     def frames_from_hidden(self, hidden, draws) -> np.ndarray:
         """One frame per stream from hidden states (B of (Db,)): codes (B, 32) int32."""
-        h = np.stack([np.asarray(x, dtype=np.float32).reshape(-1) for x in hidden])
+        h = _hidden_rows(hidden)
         self._check_draws(draws, len(h))
         return self.native.depth(h, draws)
 
@@ -146,7 +151,7 @@ class CpuBackend:
         if len(caches):
             parts.append(self.step_hidden(caches, codes))
         if len(hidden):
-            parts.append(np.stack([np.asarray(x, dtype=np.float32).reshape(-1) for x in hidden]))
+            parts.append(_hidden_rows(hidden))
         all_draws = [*draws, *hidden_draws]
         self._check_draws(all_draws, sum(len(p) for p in parts))
         return self.native.depth(np.concatenate(parts), all_draws)

@@ -21,10 +21,12 @@ half of them on an oversubscribed machine, see `default_threads`). Nothing here 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import struct
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -193,55 +195,43 @@ def set_threads(n: int) -> int | None:
     return info.threads
 
 
-class numpy_blas_threads:
-    """`with numpy_blas_threads(1): ...` runs NumPy's own BLAS (the scipy-openblas its wheels bundle,
-    not the OpenBLAS MLX uses) on n threads inside the block. The native backend's prefill does so
-    around its small attention products: NumPy's BLAS threads spin after each call and take the
-    cores from the OpenMP products that follow (a 64-row prefill measured 0.9-1.0 s with them, 0.4-0.5 s
-    without). Where NumPy's BLAS is another library, or not loaded, it does nothing."""
+@functools.cache
+def _numpy_openblas():
+    """(set_num_threads, get_num_threads) of NumPy's own OpenBLAS (the scipy-openblas its wheels
+    bundle, not the OpenBLAS MLX uses), found once among the loaded libraries; None without one."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line and "numpy" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        for put, get in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+                         ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+                         ("openblas_set_num_threads", "openblas_get_num_threads")):
+            if hasattr(lib, put) and hasattr(lib, get):
+                fput, fget = getattr(lib, put), getattr(lib, get)
+                fput.argtypes, fput.restype, fget.restype = [ctypes.c_int], None, ctypes.c_int
+                return fput, fget
+    return None
 
-    _fns: list = []  # [(set, get)] found once
 
-    def __init__(self, n: int):
-        self.n, self.before = int(n), None
-
-    @classmethod
-    def _find(cls):
-        if cls._fns:
-            return cls._fns[0]
-        found = None
-        try:
-            with open("/proc/self/maps") as maps:
-                paths = {line.split()[-1] for line in maps if "openblas" in line and "numpy" in line}
-        except OSError:
-            paths = set()
-        for path in sorted(paths):
-            lib = ctypes.CDLL(path)
-            for put, get in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-                             ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-                             ("openblas_set_num_threads", "openblas_get_num_threads")):
-                if hasattr(lib, put) and hasattr(lib, get):
-                    fput, fget = getattr(lib, put), getattr(lib, get)
-                    fput.argtypes, fput.restype, fget.restype = [ctypes.c_int], None, ctypes.c_int
-                    found = (fput, fget)
-                    break
-            if found:
-                break
-        cls._fns.append(found)
-        return found
-
-    def __enter__(self):
-        fns = self._find()
-        if fns is not None:
-            self.before = fns[1]()
-            if self.before != self.n:
-                fns[0](self.n)
-        return self
-
-    def __exit__(self, *exc):
-        fns = self._find()
-        if fns is not None and self.before is not None and self.before != self.n:
-            fns[0](self.before)
+@contextmanager
+def numpy_blas_threads(n: int):
+    """`with numpy_blas_threads(1): ...` runs NumPy's own BLAS on n threads inside the block. The
+    native backend's prefill does so around its small attention products: NumPy's BLAS threads spin
+    after each call and take the cores from the OpenMP products that follow (a 64-row prefill
+    measured 0.9-1.0 s with them, 0.4-0.5 s without). Where NumPy's BLAS is another library, or not
+    loaded, it does nothing."""
+    fns = _numpy_openblas()
+    before = fns[1]() if fns is not None else None
+    if before is not None and before != n:
+        fns[0](int(n))
+    try:
+        yield
+    finally:
+        if before is not None and before != n:
+            fns[0](before)
 
 
 def default_threads() -> int:

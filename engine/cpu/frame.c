@@ -561,6 +561,7 @@ static void rows_tiled(const CsmWeight *w, int64_t r0, int64_t r1, const Act *a,
         const int nb = B - b0 < 4 ? B - b0 : 4, R = tile_rows(nb);
         float *yb = y + (int64_t)b0 * w->out;
         int64_t r = r0;
+        (void)R, (void)yb; /* a build with neither tile kind only runs the loop at the end */
 #if defined(CSM_BF16DOT)
         if (w->fmt == FMT_BF16) {
             const uint16_t *W = (const uint16_t *)w->data, *X = a->xb + (int64_t)b0 * a->in;
@@ -611,21 +612,7 @@ static int tiled(const CsmWeight *w, int variant) {
  * row stride) x X^T pair tile (Act.xt), tdpbf16ps, one or two row tiles per job. Each output depends
  * only on its own weight row and stream (other streams' columns are other columns; missing streams
  * are zeros), so a stream's bits do not depend on B. Tiles 0, 1: accumulators; 4, 5: weights; 6: X^T. */
-typedef struct __attribute__((packed)) {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
-
-static void amx_configure(void) {
-    TileConfig c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 8; i++) { c.colsb[i] = 64; c.rows[i] = 16; }
-    _tile_loadconfig(&c);
-}
-
-
+#include "amx.h" /* amx_configure, amx_release */
 
 static void amx_rows(const uint16_t *W, int64_t in, int64_t r0, int tiles, const Act *a, float *y, int64_t ystride) {
     const int64_t nkb = in / 32, stride = in * 2;
@@ -730,7 +717,7 @@ static void products(const CsmModel *m, const Job *jobs, int n, const Act *a) {
             run_tile(&jobs[i], t - starts[i], a, variant);
         }
 #if defined(CSM_AMX)
-        if (amx) _tile_release();
+        if (amx) amx_release();
 #endif
     }
     (void)amx;

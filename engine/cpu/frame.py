@@ -122,9 +122,8 @@ class NativeModel:
     def __init__(self, packed: PackedCSM, threads: int, variant: int = VARIANT_BEST,
                  max_positions: int | None = None, lib: ctypes.CDLL | None = None):
         self.lib = lib or library()
-        if variant == VARIANT_AMX and (lib is not None or best_variant() != VARIANT_AMX):
-            variant = VARIANT_BEST  # tile instructions without the kernel's permission would kill the process
-        self.variant = variant
+        # a library given by the caller (tests: another build) is not the one best_variant() checked
+        self.variant = VARIANT_BEST if (variant == VARIANT_AMX and lib is not None) else _usable(variant)
         self.packed = packed
         cfg = packed.config
         self.K, self.V = cfg.audio_num_codebooks, cfg.audio_vocab_size
@@ -159,9 +158,7 @@ class NativeModel:
 
     def set_variant(self, variant: int) -> None:
         """Switch kernels (between frames; engine/cpu/backend.py's batch_kernels)."""
-        if variant == VARIANT_AMX and best_variant() != VARIANT_AMX:
-            variant = VARIANT_BEST
-        self.variant = self.struct.variant = variant
+        self.variant = self.struct.variant = _usable(variant)
 
     # ---- calls ---------------------------------------------------------------------------------
     @staticmethod
@@ -227,9 +224,9 @@ def draw_structs(draws, B: int):
 
 def best_variant() -> int:
     """VARIANT_AMX where frame.c was built with AMX and this process may use tile data (the kernel's
-    permission is asked once, by engine/cpu/gemm.c), else VARIANT_BEST. Chosen once, at load: a
-    stream's bf16 products then run on the same kernel whatever the batch (AMX for any B, or the
-    AVX512 dot products for any B), so its bits never depend on what shares the batch."""
+    permission is asked once, by engine/cpu/gemm.c), else VARIANT_BEST. The backend switches to it
+    when the generator starts batching (CpuBackend.batch_kernels); while it holds, a stream's bf16
+    products run on the same kernel whatever the batch, so its bits never depend on what shares it."""
     if "amx-bf16" not in features():
         return VARIANT_BEST
     from . import gemm
@@ -238,3 +235,9 @@ def best_variant() -> int:
         return VARIANT_AMX if gemm.available() and gemm.supported("amx-bf16") else VARIANT_BEST
     except Exception:  # gemm.c did not build: no permission asked, no tiles
         return VARIANT_BEST
+
+
+def _usable(variant: int) -> int:
+    """`variant`, or VARIANT_BEST for AMX where this process may not use tiles (a tile instruction
+    without the kernel's permission kills the process)."""
+    return VARIANT_BEST if variant == VARIANT_AMX and best_variant() != VARIANT_AMX else variant

@@ -322,25 +322,10 @@ AVX512_TARGET static void strip_avx512(StripView sv, const uint16_t *xb, long T,
     }
 }
 
-#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-
-typedef struct __attribute__((packed)) {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
+#include "amx.h" /* AMX_TARGET, amx_configure, amx_release */
 
 /* tiles 0-3: float accumulators 16 x 16; 4, 5: weight rows 0-15 / 16-31 (16 x 32 bf16);
  * 6, 7: X^T (16 pairs x 16 rows of X) */
-AMX_TARGET static void amx_configure(void) {
-    TileConfig c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 8; i++) { c.colsb[i] = 64; c.rows[i] = 16; }
-    _tile_loadconfig(&c);
-}
-
-AMX_TARGET static void amx_release(void) { _tile_release(); }
 
 static void write_tile(const float *c, float *Y, long T, long out, long n0, long t0) {
     /* c[m][t] = Y[t0 + t][n0 + m] */
