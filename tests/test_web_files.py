@@ -74,12 +74,17 @@ def test_the_page_and_its_files_need_no_key_and_the_api_still_does(client):
     assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
-def test_the_voice_list_tells_presets_from_uploaded_voices(client):
-    tone = (0.3 * np.sin(2 * np.pi * 200 * np.arange(48_000) / 24_000)).astype(np.float32)
+def _tone_wav(hz: float, samples: int) -> bytes:
+    """A 24 kHz WAV file of a sine tone at amplitude 0.3."""
+    tone = (0.3 * np.sin(2 * np.pi * hz * np.arange(samples) / 24_000)).astype(np.float32)
     clip = io.BytesIO()
     sf.write(clip, tone, 24_000, format="WAV")
+    return clip.getvalue()
+
+
+def test_the_voice_list_tells_presets_from_uploaded_voices(client):
     reply = client.post("/v1/voices", data={"name": "listed", "transcript": "A tone."},
-                        files={"audio": ("tone.wav", clip.getvalue(), "audio/wav")})
+                        files={"audio": ("tone.wav", _tone_wav(200, 48_000), "audio/wav")})
     assert reply.status_code == 201, reply.text
     try:
         kinds = {v["id"]: v["type"] for v in client.get("/v1/voices").json()["data"]}
@@ -102,11 +107,9 @@ def test_each_turn_s_audio_is_served_on_its_own(client):
         reply = client.post("/v1/sessions/turns/turns", json={"speaker": speaker, "input": text,
                                                                "seed": 3, **SHORT})
         assert reply.status_code == 200, reply.text
-    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(24_000) / 24_000)).astype(np.float32)
-    clip = io.BytesIO()
-    sf.write(clip, tone, 24_000, format="WAV")
+    recorded = 24_000  # samples
     reply = client.post("/v1/sessions/turns/recordings", data={"speaker": "0", "transcript": "Hi."},
-                        files={"audio": ("mine.wav", clip.getvalue(), "audio/wav")})
+                        files={"audio": ("mine.wav", _tone_wav(220, recorded), "audio/wav")})
     assert reply.status_code == 201, reply.text
 
     session = client.get("/v1/sessions/turns").json()
@@ -119,7 +122,7 @@ def test_each_turn_s_audio_is_served_on_its_own(client):
     assert np.array_equal(np.concatenate(parts), whole)  # the turns, in order, make the whole
     for part, turn in zip(parts[:2], session["turns"]):  # generated: whole frames
         assert len(part) / 24_000 == pytest.approx(turn["duration_s"], abs=1e-9)
-    assert len(parts[2]) == len(tone)  # recorded: the recording as it was stored
+    assert len(parts[2]) == recorded  # recorded: the recording as it was stored
     flac = client.get("/v1/sessions/turns/turns/0/audio", params={"response_format": "flac"})
     assert flac.headers["content-type"] == "audio/flac"
 
