@@ -12,8 +12,9 @@
  * of X goes over it. Then one of three inner kernels:
  *   AMX      (Sapphire Rapids and later): Y^T tiles = W-strip tiles (16 x 32) x X^T tiles packed in
  *            the VNNI pair layout, `tdpbf16ps`, 2 x 2 tiles of 16 x 16 float accumulators;
- *   AVX512   (AVX512-BF16, e.g. Cooper Lake, Zen 4): `vdpbf16ps` dot products, 4 weight rows x 4
- *            rows of X held in 16 registers;
+ *   AVX512   (AVX512-BF16, e.g. Cooper Lake, Zen 4/5): X^T packed in bfloat16 pairs, each weight pair
+ *            broadcast against 16 rows of X by `vdpbf16ps`: 8 weight rows x 32 rows of X in 16
+ *            registers, `in` taken in chunks that stay in L2 (partial sums kept exactly in float32);
  *   portable any CPU: the same dot products in plain C over float32 copies (the compiler vectorises).
  * Per output element, the arithmetic depends only on its own row of X and row of W, never on T or on
  * which rows share the call (padding adds exact zeros): a row's result is the same for any block.
@@ -241,13 +242,36 @@ AVX512_TARGET static void strip_bf16_avx512(const Weights *w, long n0, uint16_t 
 
 /* ---------------------------------------------------------------- X, rounded and laid out */
 
-/* X rounded to bfloat16, row-major (T, kp), zero-padded (the AVX512 kernel's layout) */
-static void pack_x_rows(const float *X, long T, long in, long kp, uint16_t *xb) {
-    for (long t = 0; t < T; t++) {
-        for (long k = 0; k < in; k++) xb[t * kp + k] = f32_to_bf16(X[t * in + k]);
-        for (long k = in; k < kp; k++) xb[t * kp + k] = 0;
+/* X^T in bfloat16 pairs (the AVX512 kernel's layout): word xp[p * tp + t] holds (x[t][2p], x[t][2p+1])
+ * for p < kp/2 and t < tp (T rounded up to 16), zeros past T and past `in`. */
+static void pack_x_pairs_portable(const float *X, long T, long in, long kp, long tp, uint32_t *xp, long k0) {
+    for (long p = k0 / 2; p < kp / 2; p++) {
+        uint32_t *d = xp + p * tp;
+        long k = 2 * p;
+        for (long t = 0; t < T; t++) {
+            uint32_t lo = k < in ? f32_to_bf16(X[t * in + k]) : 0, hi = k + 1 < in ? f32_to_bf16(X[t * in + k + 1]) : 0;
+            d[t] = lo | hi << 16;
+        }
     }
 }
+
+#ifdef CSM_X86
+/* the same, 32 values of a row at a time: rounded in one instruction, their 16 pairs scattered down
+ * the columns of xp */
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+static void pack_x_pairs(const float *X, long T, long in, long kp, long tp, uint32_t *xp) {
+    if (T < tp || in < kp) memset(xp, 0, (size_t)tp * kp * 2);
+    long full = in / KB * KB;
+    const __m512i down = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int)tp));
+    for (long t = 0; t < T; t++)
+        for (long k = 0; k < full; k += KB) {
+            __m512 lo = _mm512_loadu_ps(X + t * in + k), hi = _mm512_loadu_ps(X + t * in + k + 16);
+            _mm512_i32scatter_epi32(xp + k / 2 * tp + t, down, (__m512i)_mm512_cvtne2ps_pbh(hi, lo), 4);
+        }
+    if (full < in) pack_x_pairs_portable(X, T, in, kp, tp, xp, full);
+}
+#endif
 
 /* X^T in AMX's VNNI layout: for 16 rows of X (j) and a slice kb, a 16 x 32 tile whose row k2 holds
  * (x[t][32kb + 2k2], x[t][32kb + 2k2 + 1]) for t = 0..15. Tiles ordered [j][kb]; rows past T zero. */
@@ -288,40 +312,89 @@ static void strip_portable(const float *fs, const float *xf, long T, long kp, fl
 }
 
 #ifdef CSM_X86
-/* AVX512-BF16: acc(t, r) is one zmm of 16 partial sums over the slices, reduced at the end. */
-AVX512_TARGET static void strip_avx512(StripView sv, const uint16_t *xb, long T, long kp,
-                                       float *Y, long out, long n0) {
-    long nkb = kp / KB;
-    for (long r0 = 0; r0 < STRIP; r0 += 4) {
-        if (n0 + r0 >= out) break;
-        long t0 = 0;
-        for (; t0 + 4 <= T; t0 += 4) {
-            __m512 acc[4][4];
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
-            for (long kb = 0; kb < nkb; kb++) {
-                __m512bh w[4], x[4];
-                for (int i = 0; i < 4; i++) w[i] = (__m512bh)_mm512_loadu_si512(sv.p + (r0 + i) * sv.row + kb * sv.slice);
-                for (int j = 0; j < 4; j++) x[j] = (__m512bh)_mm512_loadu_si512(xb + (t0 + j) * kp + kb * KB);
-                for (int i = 0; i < 4; i++)
-                    for (int j = 0; j < 4; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], w[i], x[j]);
+/* AVX512-BF16. Lanes run over rows of X: an accumulator holds one output for 16 rows of X. A tile is
+ * rw weight rows x nv * 16 rows of X (rw * nv <= 16 accumulators); per pair p of `in`, the weight pair
+ * of each row is broadcast to all lanes and `vdpbf16ps` adds its products with X's pairs for those
+ * rows. Every lane sums its own output in order of p, so a result depends only on its row of X and
+ * of W (not on T, the tile or the thread), and no horizontal sums are needed.
+ *
+ * The strip goes over `in` in chunks of KC_SLICES slices (X^T's chunk: 1024 values x 64 rows of X,
+ * 128 KB, in L2) while all the strip's rows go over it; the partial sums wait, exactly, in the
+ * thread's float32 buffer acc[r][t] between chunks, and go to Y a whole row of Y at a time.
+ * (Written so that GCC keeps every accumulator and X's vectors in registers: a variant with named
+ * accumulators spilled X to the stack and ran at 40% of this speed. Check the loop's assembly after
+ * a change.) */
+#define KC_SLICES 32
+/* A tile's shape, chosen by measurement on Zen 5: RW weight rows x NV_MAX groups of 16 rows of X,
+ * 16 accumulators (8 x 2 and 4 x 4 ran within noise of each other; 16 x 1 and 4 x 6 30-60% slower). */
+#define RW 8
+#define NV_MAX 2 /* rows_avx512 dispatches 1 or 2 */
+_Static_assert(STRIP % RW == 0, "a strip holds whole tiles of rows (a short last tile's spare rows land in its buffer)");
+
+AVX512_TARGET static inline __attribute__((always_inline)) void tile_avx512(
+        const uint16_t *const *wr, long slice, const uint32_t *xp, long tp, long kb0, long kb1,
+        const int rw, const int nv, float *acc_buf, long t0, int first) {
+    __m512 acc[RW][NV_MAX];
+    #pragma GCC unroll 16
+    for (int i = 0; i < rw; i++)
+        #pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            acc[i][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc_buf + i * tp + t0 + 16 * v);
+    for (long kb = kb0; kb < kb1; kb++) {
+        const uint32_t *x = xp + kb * (KB / 2) * tp + t0;
+        const uint16_t *w[RW];
+        #pragma GCC unroll 16
+        for (int i = 0; i < rw; i++) w[i] = wr[i] + kb * slice;
+        for (int j = 0; j < KB / 2; j++) {
+            __m512bh xv[NV_MAX];
+            #pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) xv[v] = (__m512bh)_mm512_load_si512(x + j * tp + 16 * v);
+            #pragma GCC unroll 16
+            for (int i = 0; i < rw; i++) {
+                __m512bh b = (__m512bh)_mm512_set1_epi32(*(const int32_t *)(w[i] + 2 * j));
+                #pragma GCC unroll 4
+                for (int v = 0; v < nv; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], b, xv[v]);
             }
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) write_strip(Y, out, n0, t0 + j, r0 + i, _mm512_reduce_add_ps(acc[i][j]));
         }
-        for (; t0 < T; t0++) { /* the same sums, one row of X at a time */
-            __m512 acc[4];
-            for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
-            for (long kb = 0; kb < nkb; kb++) {
-                __m512bh x = (__m512bh)_mm512_loadu_si512(xb + t0 * kp + kb * KB);
-                for (int i = 0; i < 4; i++)
-                    acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(sv.p + (r0 + i) * sv.row + kb * sv.slice), x);
-            }
-            for (int i = 0; i < 4; i++) write_strip(Y, out, n0, t0, r0 + i, _mm512_reduce_add_ps(acc[i]));
-        }
+    }
+    #pragma GCC unroll 16
+    for (int i = 0; i < rw; i++)
+        #pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) _mm512_store_ps(acc_buf + i * tp + t0 + 16 * v, acc[i][v]);
+}
+
+/* Slices kb0..kb1 of the strip's rows r0..r0+rw (`rows` of them real) against every row of X. */
+AVX512_TARGET static inline __attribute__((always_inline)) void rows_avx512(
+        StripView sv, long r0, int rows, const uint32_t *xp, long tp, long kb0, long kb1, const int rw,
+        float *acc_buf) {
+    const uint16_t *wr[RW];
+    for (int i = 0; i < rw; i++) wr[i] = sv.p + (r0 + (i < rows ? i : rows - 1)) * sv.row; /* spare rows repeat one */
+    float *a = acc_buf + r0 * tp;
+    int first = kb0 == 0;
+    for (long t0 = 0; t0 < tp;) {
+        long left = (tp - t0) / 16; /* 16-row groups of X still to do */
+        int nv = left >= NV_MAX ? NV_MAX : (int)left;
+        if (nv == 2) tile_avx512(wr, sv.slice, xp, tp, kb0, kb1, rw, 2, a, t0, first);
+        else tile_avx512(wr, sv.slice, xp, tp, kb0, kb1, rw, 1, a, t0, first);
+        t0 += 16 * nv;
     }
 }
 
+AVX512_TARGET static void strip_avx512(StripView sv, const uint32_t *xp, long T, long tp, long kp,
+                                       float *Y, long out, long n0, float *acc_buf) {
+    long nkb = kp / KB, live = out - n0 < STRIP ? out - n0 : STRIP;
+    const int rw = RW;
+    for (long kb0 = 0; kb0 < nkb; kb0 += KC_SLICES) {
+        long kb1 = kb0 + KC_SLICES < nkb ? kb0 + KC_SLICES : nkb;
+        for (long r0 = 0; r0 < live; r0 += rw)
+            rows_avx512(sv, r0, live - r0 < rw ? (int)(live - r0) : rw, xp, tp, kb0, kb1, rw, acc_buf);
+    }
+    for (long t = 0; t < T; t++) /* along rows of Y: whole lines written */
+        for (long r = 0; r < live; r++) Y[t * out + n0 + r] = acc_buf[r * tp + t];
+}
+#endif
+
+#ifdef CSM_X86
 #include "amx.h" /* AMX_TARGET, amx_configure, amx_release */
 
 /* tiles 0-3: float accumulators 16 x 16; 4, 5: weight rows 0-15 / 16-31 (16 x 32 bf16);
@@ -399,15 +472,15 @@ AMX_TARGET static void strip_amx(StripView sv, const uint16_t *xt, long T, long 
 static int gemm(int variant, const float *X, long T, const Weights *w, float *Y, int threads) {
     if (T <= 0 || w->out <= 0) return 0;
     if (!csm_gemm_supported(variant)) return -1;
-    long kp = (w->in + KB - 1) / KB * KB, nstrips = (w->out + STRIP - 1) / STRIP;
+    long kp = (w->in + KB - 1) / KB * KB, nstrips = (w->out + STRIP - 1) / STRIP, tp = (T + 15) / 16 * 16;
     Weights wk = *w;
     wk.kp = kp;
     size_t xbytes = variant == V_AMX ? (size_t)((T + 15) / 16) * 16 * kp * 2
-                  : variant == V_AVX512 ? (size_t)T * kp * 2 : (size_t)T * kp * 4;
+                  : variant == V_AVX512 ? (size_t)tp * kp * 2 : (size_t)T * kp * 4;
     void *xpacked = aligned(xbytes);
     if (!xpacked) return -2;
     if (variant == V_AMX) pack_x_tiles(X, T, w->in, kp, (uint16_t *)xpacked);
-    else if (variant == V_AVX512) pack_x_rows(X, T, w->in, kp, (uint16_t *)xpacked);
+    else if (variant == V_AVX512) pack_x_pairs(X, T, w->in, kp, tp, (uint32_t *)xpacked);
     else {
         float *xf = (float *)xpacked;
         for (long t = 0; t < T; t++)
@@ -420,7 +493,8 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
     {
         uint16_t *strip = (uint16_t *)aligned((size_t)STRIP * kp * 2);
         float *fs = variant == V_PORTABLE ? (float *)aligned((size_t)STRIP * kp * 4) : NULL;
-        if (!strip || (variant == V_PORTABLE && !fs)) failed = 1;
+        float *accs = variant == V_AVX512 ? (float *)aligned((size_t)STRIP * tp * 4) : NULL;
+        if (!strip || (variant == V_PORTABLE && !fs) || (variant == V_AVX512 && !accs)) failed = 1;
 #ifdef CSM_X86
         if (!failed && variant == V_AMX) amx_configure();
 #endif
@@ -452,7 +526,7 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
                                && w->bits != 4; /* int4: dequantizing is the cost, the codes stream fine */
                     strip_amx(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0, want ? &pf : NULL);
                 } else {
-                    strip_avx512(sv, (const uint16_t *)xpacked, T, kp, Y, w->out, n0);
+                    strip_avx512(sv, (const uint32_t *)xpacked, T, tp, kp, Y, w->out, n0, accs);
                 }
                 continue;
             }
@@ -469,6 +543,7 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
 #endif
         free(strip);
         free(fs);
+        free(accs);
     }
     free(xpacked);
     return failed ? -2 : 0;
