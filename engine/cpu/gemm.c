@@ -318,76 +318,72 @@ static void strip_portable(const float *fs, const float *xf, long T, long kp, fl
  * rows. Every lane sums its own output in order of p, so a result depends only on its row of X and
  * of W (not on T, the tile or the thread), and no horizontal sums are needed.
  *
- * The strip goes over `in` in chunks of KC_SLICES slices (X^T's chunk: 1024 values x 64 rows of X,
- * 128 KB, in L2) while all the strip's rows go over it; the partial sums wait, exactly, in the
+ * The strip goes over `in` in chunks whose share of X^T takes KC_BYTES (64 rows of X: 2048 values),
+ * so it stays in L2 while all the strip's rows go over it; the partial sums wait, exactly, in the
  * thread's float32 buffer acc[r][t] between chunks, and go to Y a whole row of Y at a time.
  * (Written so that GCC keeps every accumulator and X's vectors in registers: a variant with named
  * accumulators spilled X to the stack and ran at 40% of this speed. Check the loop's assembly after
  * a change.) */
-#define KC_SLICES 32
-/* A tile's shape, chosen by measurement on Zen 5: RW weight rows x NV_MAX groups of 16 rows of X,
- * 16 accumulators (8 x 2 and 4 x 4 ran within noise of each other; 16 x 1 and 4 x 6 30-60% slower). */
-#define RW 8
-#define NV_MAX 2 /* rows_avx512 dispatches 1 or 2 */
-_Static_assert(STRIP % RW == 0, "a strip holds whole tiles of rows (a short last tile's spare rows land in its buffer)");
+#define KC_BYTES (256 * 1024)
+/* Tiles, chosen by measurement on Zen 5: 8 weight rows x 32 or 48 rows of X (16 or 24 accumulators;
+ * 4 x 64 ran within noise of 8 x 32; 16 x 16 and 4 x 96 30-60% slower, 8 x 16 half the speed). */
+_Static_assert(STRIP % 8 == 0, "a strip holds whole tiles of rows (a short last tile's spare rows land in its buffer)");
 
 AVX512_TARGET static inline __attribute__((always_inline)) void tile_avx512(
         const uint16_t *const *wr, long slice, const uint32_t *xp, long tp, long kb0, long kb1,
-        const int rw, const int nv, float *acc_buf, long t0, int first) {
-    __m512 acc[RW][NV_MAX];
-    #pragma GCC unroll 16
-    for (int i = 0; i < rw; i++)
-        #pragma GCC unroll 4
+        const int nv, float *acc_buf, long t0, int first) {
+    __m512 acc[8][3]; /* 8 x nv of them */
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        #pragma GCC unroll 3
         for (int v = 0; v < nv; v++)
             acc[i][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc_buf + i * tp + t0 + 16 * v);
     for (long kb = kb0; kb < kb1; kb++) {
         const uint32_t *x = xp + kb * (KB / 2) * tp + t0;
-        const uint16_t *w[RW];
-        #pragma GCC unroll 16
-        for (int i = 0; i < rw; i++) w[i] = wr[i] + kb * slice;
+        const uint16_t *w[8];
+        #pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) w[i] = wr[i] + kb * slice;
         for (int j = 0; j < KB / 2; j++) {
-            __m512bh xv[NV_MAX];
-            #pragma GCC unroll 4
+            __m512bh xv[3];
+            #pragma GCC unroll 3
             for (int v = 0; v < nv; v++) xv[v] = (__m512bh)_mm512_load_si512(x + j * tp + 16 * v);
-            #pragma GCC unroll 16
-            for (int i = 0; i < rw; i++) {
+            #pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
                 __m512bh b = (__m512bh)_mm512_set1_epi32(*(const int32_t *)(w[i] + 2 * j));
-                #pragma GCC unroll 4
+                #pragma GCC unroll 3
                 for (int v = 0; v < nv; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], b, xv[v]);
             }
         }
     }
-    #pragma GCC unroll 16
-    for (int i = 0; i < rw; i++)
-        #pragma GCC unroll 4
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        #pragma GCC unroll 3
         for (int v = 0; v < nv; v++) _mm512_store_ps(acc_buf + i * tp + t0 + 16 * v, acc[i][v]);
 }
 
-/* Slices kb0..kb1 of the strip's rows r0..r0+rw (`rows` of them real) against every row of X. */
-AVX512_TARGET static inline __attribute__((always_inline)) void rows_avx512(
-        StripView sv, long r0, int rows, const uint32_t *xp, long tp, long kb0, long kb1, const int rw,
-        float *acc_buf) {
-    const uint16_t *wr[RW];
-    for (int i = 0; i < rw; i++) wr[i] = sv.p + (r0 + (i < rows ? i : rows - 1)) * sv.row; /* spare rows repeat one */
-    float *a = acc_buf + r0 * tp;
+/* Slices kb0..kb1 of the strip's rows r0..r0+8 (`rows` of them real) against every row of X: tiles of
+ * 32 rows of X, and one of 48 where the 16-row groups are odd (of 16 where there is one group). */
+AVX512_TARGET static void rows_avx512(StripView sv, long r0, int rows, const uint32_t *xp, long tp,
+                                      long kb0, long kb1, float *acc_buf) {
+    const uint16_t *wr[8];
+    for (int i = 0; i < 8; i++) wr[i] = sv.p + (r0 + (i < rows ? i : rows - 1)) * sv.row; /* spare rows repeat one */
+    float *acc = acc_buf + r0 * tp;
     int first = kb0 == 0;
-    for (long t0 = 0; t0 < tp;) {
-        long left = (tp - t0) / 16; /* 16-row groups of X still to do */
-        int nv = left >= NV_MAX ? NV_MAX : (int)left;
-        if (nv == 2) tile_avx512(wr, sv.slice, xp, tp, kb0, kb1, rw, 2, a, t0, first);
-        else tile_avx512(wr, sv.slice, xp, tp, kb0, kb1, rw, 1, a, t0, first);
-        t0 += 16 * nv;
-    }
+    long groups = tp / 16, t = 0;
+    if (groups == 1) tile_avx512(wr, sv.slice, xp, tp, kb0, kb1, 1, acc, 0, first);
+    if (groups > 1 && groups % 2) { tile_avx512(wr, sv.slice, xp, tp, kb0, kb1, 3, acc, 0, first); t = 48; }
+    for (; groups > 1 && t < tp; t += 32) tile_avx512(wr, sv.slice, xp, tp, kb0, kb1, 2, acc, t, first);
 }
 
 AVX512_TARGET static void strip_avx512(StripView sv, const uint32_t *xp, long T, long tp, long kp,
                                        float *Y, long out, long n0, float *acc_buf) {
     long nkb = kp / KB, live = out - n0 < STRIP ? out - n0 : STRIP;
-    const int rw = RW;
-    for (long kb0 = 0; kb0 < nkb; kb0 += KC_SLICES) {
-        long kb1 = kb0 + KC_SLICES < nkb ? kb0 + KC_SLICES : nkb;
-        for (long r0 = 0; r0 < live; r0 += rw)
-            rows_avx512(sv, r0, live - r0 < rw ? (int)(live - r0) : rw, xp, tp, kb0, kb1, rw, acc_buf);
+    long kc = KC_BYTES / (tp * KB * 2); /* slices whose X^T fits the budget, at least 2 */
+    if (kc < 2) kc = 2;
+    for (long kb0 = 0; kb0 < nkb; kb0 += kc) {
+        long kb1 = kb0 + kc < nkb ? kb0 + kc : nkb;
+        for (long r0 = 0; r0 < live; r0 += 8)
+            rows_avx512(sv, r0, live - r0 < 8 ? (int)(live - r0) : 8, xp, tp, kb0, kb1, acc_buf);
     }
     for (long t = 0; t < T; t++) /* along rows of Y: whole lines written */
         for (long r = 0; r < live; r++) Y[t * out + n0 + r] = acc_buf[r * tp + t];
