@@ -19,7 +19,7 @@ from .pack import PackedCSM
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
-    return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32) * weight).astype(np.float32)
+    return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32) * weight).astype(np.float32, copy=False)
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -32,15 +32,32 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return out
 
 
+def silu_times(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gate / (1 + exp(-gate)) * up (float32), in place in a buffer of its own: no temporaries."""
+    out = np.negative(gate)
+    np.exp(out, out=out)
+    out += 1.0
+    np.divide(gate, out, out=out)
+    out *= up
+    return out
+
+
 def embed_rows(packed: PackedCSM, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """tokens/mask (T, K+1) -> (T, Db): the masked sum of each row's column embeddings."""
+    """tokens/mask (T, K+1) -> (T, Db): the masked sum of each row's column embeddings, added up
+    codebook by codebook (one (T, Db) gather at a time, not a (T, K, Db) one)."""
     K, V = packed.config.audio_num_codebooks, packed.config.audio_vocab_size
     tokens = np.where(mask, tokens, 0).astype(np.int64)
-    T = tokens.shape[0]
-    audio = packed.audio_embeddings.rows((tokens[:, :K] + np.arange(K) * V).reshape(-1)).reshape(T, K, -1)
-    audio = (audio * mask[:, :K, None]).sum(axis=1)
-    text = packed.text_embeddings.rows(tokens[:, K]) * mask[:, K:]
-    return (audio + text).astype(np.float32)
+    weights = mask.astype(np.float32)
+    audio = packed.audio_embeddings.rows(tokens[:, 0])
+    audio *= weights[:, :1]
+    for k in range(1, K):
+        column = packed.audio_embeddings.rows(tokens[:, k] + k * V)
+        column *= weights[:, k:k + 1]
+        audio += column
+    text = packed.text_embeddings.rows(tokens[:, K])
+    text *= weights[:, K:]
+    audio += text
+    return audio
 
 
 def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, offset: int,
@@ -57,7 +74,7 @@ def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, of
     H, G, hd = a.n_heads, a.n_kv_heads, a.head_dim
     cos, sin = rope_tables
     cs, sn = cos[offset:end], sin[offset:end]
-    allowed = np.arange(end)[None, :] <= (offset + np.arange(T))[:, None]  # (T, end) causal
+    masked = np.arange(end)[None, :] > (offset + np.arange(T))[:, None]  # (T, end): future positions
     scale = np.float32(hd ** -0.5)
     for l, L in enumerate(s.layers):
         h = rms_norm(x, L.norm1, a.norm_eps)
@@ -68,14 +85,16 @@ def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, of
         kv[l, 1, :, offset:end] = v.transpose(1, 0, 2)
         keys, values = kv[l, 0, :, :end], kv[l, 1, :, :end]  # (G, end, hd)
         qg = q.reshape(T, G, H // G, hd).transpose(1, 2, 0, 3)  # (G, r, T, hd)
-        scores = np.matmul(qg, keys[:, None].transpose(0, 1, 3, 2)) * scale  # (G, r, T, end)
-        scores = np.where(allowed, scores, -np.inf)
-        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores = np.matmul(qg, keys[:, None].transpose(0, 1, 3, 2))  # (G, r, T, end)
+        scores *= scale  # (in place from here on: the same operations, without temporaries)
+        np.copyto(scores, -np.inf, where=masked)
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
         scores /= scores.sum(axis=-1, keepdims=True)
         out = np.matmul(scores, values[:, None])  # (G, r, T, hd)
         out = out.transpose(2, 0, 1, 3).reshape(T, H * hd)
         x = x + product(out, L.o)
         h = rms_norm(x, L.norm2, a.norm_eps)
         gate, up = product(h, L.gate), product(h, L.up)
-        x = x + product((gate / (1.0 + np.exp(-gate)) * up).astype(np.float32), L.down)
+        x = x + product(silu_times(gate, up), L.down)
     return rms_norm(x[-1], s.norm, a.norm_eps)
