@@ -453,16 +453,16 @@ class Generator:
         stream, tokens, mask = request.stream, request.tokens, request.mask
         request.clock.resume()
         try:
-            done = 0
-            while request.next_row < len(tokens) and (max_chunks is None or done < max_chunks):
-                a = request.next_row
-                b = min(a + self.block - a % self.block, len(tokens))
-                hidden = self.backend.prefill(stream.cache, tokens[a:b], mask[a:b])
+            a = request.next_row
+            if a < len(tokens):  # up to max_chunks aligned chunks, in one call (see prefill_blocks)
+                b = len(tokens)
+                if max_chunks is not None:
+                    b = min(b, (a // self.block + max(1, max_chunks)) * self.block)
+                hidden = self.backend.prefill_blocks(stream.cache, tokens[a:b], mask[a:b], self.block)
                 stream.rows.extend(tokens[a:b], mask[a:b])
-                if b % self.block == 0:
-                    stream.canonical = b
+                if b // self.block * self.block > a:
+                    stream.canonical = b // self.block * self.block
                 request.next_row, request.hidden = b, hidden
-                done += 1
             if request.next_row < len(tokens):
                 return False
             request.first_pending = True  # its first frame joins the next tick's batched depth pass

@@ -128,6 +128,33 @@ def test_prefill_and_step_match_the_float32_backbone(f32, backend):
     assert c.offset == 21
 
 
+@pytest.mark.parametrize("bits", [None, 8])
+@pytest.mark.parametrize("start,rows,pass_rows", [(0, 150, 256), (10, 140, 256), (64, 200, 128), (0, 300, 64)])
+@needs_native
+def test_prefill_blocks_equals_a_prefill_per_aligned_chunk(tiny_model_path, monkeypatch, bits, start, rows,
+                                                          pass_rows):
+    """Several 64-row chunks in one pass (and a pass split at PASS_ROWS) give every row the bits of
+    one prefill() per chunk: the hidden state and the whole KV cache."""
+    import engine.cpu.backend as B
+
+    monkeypatch.setattr(B, "PASS_ROWS", pass_rows)
+    be = cpu(load(tiny_model_path, bits))
+    tokens, mask = prompt(5, start + rows)
+    chunked, passed = be.new_cache(512), be.new_cache(512)
+    for c in (chunked, passed):
+        if start:
+            be.prefill(c, tokens[:start], mask[:start])
+    cuts = [p for p in range(start + 1, start + rows) if p % 64 == 0]
+    for a, b in zip([start] + cuts, cuts + [start + rows]):
+        alone = be.prefill(chunked, tokens[a:b], mask[a:b])
+    together = be.prefill_blocks(passed, tokens[start:], mask[start:], 64)
+    assert passed.offset == chunked.offset == start + rows
+    assert np.array_equal(alone, together)
+    assert np.array_equal(chunked.kv[:, :, :, :start + rows], passed.kv[:, :, :, :start + rows])
+    with pytest.raises(Exception, match="prefill takes"):
+        be.prefill_blocks(passed, tokens[:0], mask[:0], 64)
+
+
 # ---- streams are independent -------------------------------------------------------------------
 
 DRAWS = [Draw(0.9, 50, True, 11, 3), Draw(0.0, 50, True, 12, 0), Draw(1.3, 0, False, 13, 7)]

@@ -73,6 +73,13 @@ class FakeBackend:
         rows = np.where(mask, tokens, 0).sum(axis=1) + 1000 * len(tokens)
         return cache.append(rows)
 
+    def prefill_blocks(self, cache, tokens, mask, block):
+        start, hidden = cache.offset, None
+        cuts = [p - start for p in range(start + 1, start + len(tokens)) if p % block == 0]
+        for a, b in zip([0] + cuts, cuts + [len(tokens)]):
+            hidden = self.prefill(cache, tokens[a:b], mask[a:b])
+        return hidden
+
     def step(self, caches, codes, draws):
         codes = np.asarray(codes)
         hidden = [c.append([codes[b].sum() + 1000]) for b, c in enumerate(caches)]

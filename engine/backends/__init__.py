@@ -5,6 +5,10 @@ talks to the network only through it:
 
     new_cache(max_positions) -> StreamCache      one stream's backbone KV cache
     prefill(cache, tokens, mask) -> hidden       (T, 33) canonical rows as ONE chunk -> last row (Db,)
+    prefill_blocks(cache, tokens, mask, block)   the same rows as one prefill() per aligned chunk
+                                                 (cut at multiples of `block`) would give them, bit
+                                                 for bit; the CPU backend runs several chunks in one
+                                                 pass over the weights
     frames_from_hidden(hidden, draws) -> codes   (B, 32): one frame per stream from hidden states
     step(caches, codes, draws) -> codes          feed each stream's frame as one row, draw the next
     frames(caches, codes, draws, hidden, hidden_draws) -> codes
@@ -64,6 +68,8 @@ class FrameBackend(Protocol):
     def new_cache(self, max_positions: int) -> StreamCache: ...
 
     def prefill(self, cache: StreamCache, tokens, mask): ...
+
+    def prefill_blocks(self, cache: StreamCache, tokens, mask, block: int): ...
 
     def frames_from_hidden(self, hidden: Sequence, draws: Sequence[Draw]): ...
 

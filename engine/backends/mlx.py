@@ -80,6 +80,15 @@ class MLXBackend:
         mx.eval(hidden)
         return hidden
 
+    def prefill_blocks(self, cache: MLXStreamCache, tokens, mask, block: int) -> mx.array:
+        """The rows as one prefill() per aligned chunk (positions cut at multiples of `block`): MLX's
+        products round a row differently in other shapes, so the chunks stay separate calls."""
+        start, hidden = cache.offset, None
+        cuts = [p - start for p in range(start + 1, start + len(tokens)) if p % block == 0]
+        for a, b in zip([0] + cuts, cuts + [len(tokens)]):
+            hidden = self.prefill(cache, tokens[a:b], mask[a:b])
+        return hidden
+
     def step(self, caches: Sequence[MLXStreamCache], codes, draws: Sequence[Draw]) -> mx.array:
         """Feed each stream's frame (B, 32) as one row of its own cache; draw the next frames."""
         codes = mx.array(codes).astype(mx.int32).reshape(len(caches), NUM_CODEBOOKS)

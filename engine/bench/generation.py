@@ -114,13 +114,11 @@ def as_float32(x) -> np.ndarray:
 
 
 def prefill(backend, cache, tokens: np.ndarray, mask: np.ndarray):
-    """The prompt through backend.prefill in the generator's aligned blocks -> the last hidden state."""
+    """The prompt in the generator's aligned blocks, as the generator prefills it
+    (backend.prefill_blocks) -> the last hidden state."""
     from engine.generator import PREFILL_BLOCK
 
-    hidden = None
-    for a in range(0, len(tokens), PREFILL_BLOCK):
-        hidden = backend.prefill(cache, tokens[a:a + PREFILL_BLOCK], mask[a:a + PREFILL_BLOCK])
-    return hidden
+    return backend.prefill_blocks(cache, tokens, mask, PREFILL_BLOCK)
 
 
 def run_frames(backend, cache, codes, draw, first_frame: int, frames: int) -> tuple[np.ndarray, float]:
@@ -339,7 +337,7 @@ def weight_bandwidth(backend, frames_per_second: float) -> dict:
 
 def compare_prefill(config: CSMConfig, variants: dict, rows: int, rounds: int = 3, seed: int = 0) -> dict:
     """Prompt prefill rows/s of each variant (a backend), side by side like compare(): `rows` prompt
-    rows through backend.prefill in the generator's aligned blocks.
+    rows in the generator's aligned blocks (prefill() above).
     -> {name: {"rps": [...], "hidden": last hidden state (NumPy)}}"""
     from engine.generator import PREFILL_BLOCK
 

@@ -8,6 +8,7 @@ and laid out for frame.c (engine/cpu/frame.py). Then:
   frames_from_hidden(hidden, ..)  the same from backbone states (after a prefill)
   frames(caches, .., hidden, ..)  both in one depth pass (the batched tick)
   prefill(cache, tokens, mask)    the backbone over T rows (engine/cpu/prefill.py)
+  prefill_blocks(.., block)       the same for several aligned chunks in one pass over the weights
 A stream's KV cache is NumPy memory owned here: float32 (layers, 2, n_kv, max_positions, head_dim),
 its pages touched only as positions fill.
 
@@ -24,6 +25,9 @@ from .blas import numpy_blas_threads
 from .frame import VARIANT_AMX, VARIANT_BEST, VARIANT_PORTABLE, NativeModel, best_variant, features
 from .pack import pack_csm
 from .prefill import backbone_prefill, embed_rows
+
+
+PASS_ROWS = 256  # prefill_blocks' rows per pass: gemm.c runs 128-256-row blocks at its best rate
 
 
 def _hidden_rows(hidden) -> np.ndarray:
@@ -115,6 +119,28 @@ class CpuBackend:
     # ---- backbone ------------------------------------------------------------------------------
     def prefill(self, cache: CpuStreamCache, tokens, mask) -> np.ndarray:
         """(T, 33) rows appended to `cache` as one chunk -> the last row's hidden state (Db,) float32."""
+        return self._prefill(cache, tokens, mask, None)
+
+    def prefill_blocks(self, cache: CpuStreamCache, tokens, mask, block: int) -> np.ndarray:
+        """(T, 33) rows appended to `cache`, each computed as prefill() over the aligned chunks
+        (positions cut at multiples of `block`) would compute it, bit for bit, but in passes of up
+        to PASS_ROWS rows that read every weight once for all their chunks (a 100-row prompt: one
+        pass instead of 64 + 36 rows, each reading all 2 GB of a bfloat16 backbone)."""
+        tokens, mask = np.asarray(tokens), np.asarray(mask)
+        start, stop = cache.offset, cache.offset + len(tokens)
+        ends = [p for p in range(start + 1, stop) if p % block == 0] + [stop]  # where chunks end
+        bounds, last = [start], start
+        for end in ends:  # a pass ends at a chunk's end, and is PASS_ROWS rows at most (or one chunk)
+            if end - bounds[-1] > PASS_ROWS and last > bounds[-1]:
+                bounds.append(last)
+            last = end
+        bounds.append(stop)
+        hidden = None
+        for p0, p1 in zip(bounds, bounds[1:]):
+            hidden = self._prefill(cache, tokens[p0 - start:p1 - start], mask[p0 - start:p1 - start], block)
+        return hidden
+
+    def _prefill(self, cache: CpuStreamCache, tokens, mask, block: int | None) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int32)
         mask = np.asarray(mask, dtype=np.bool_)
         if tokens.ndim != 2 or tokens.shape[1] != self.K + 1 or mask.shape != tokens.shape or not len(tokens):
@@ -124,7 +150,7 @@ class CpuBackend:
         x = embed_rows(self.packed, tokens, mask)
         with numpy_blas_threads(1):
             hidden = backbone_prefill(self.packed, self._product, self.native.rope["backbone"], cache.kv,
-                                      cache.offset, x)
+                                      cache.offset, x, block)
         cache.offset += len(tokens)
         return hidden
 

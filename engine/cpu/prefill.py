@@ -61,8 +61,14 @@ def embed_rows(packed: PackedCSM, tokens: np.ndarray, mask: np.ndarray) -> np.nd
 
 
 def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, offset: int,
-                     x: np.ndarray) -> np.ndarray:
-    """Rows x (T, Db) at positions offset.. of the cache kv (L, 2, G, cap, hd) -> last hidden (Db,)."""
+                     x: np.ndarray, block: int | None = None) -> np.ndarray:
+    """Rows x (T, Db) at positions offset.. of the cache kv (L, 2, G, cap, hd) -> last hidden (Db,).
+
+    With `block`, the rows are computed exactly as consecutive calls over the aligned chunks
+    [offset, next multiple of block), ... would compute them: every product, norm and activation
+    is row by row anyway (gemm's rows do not depend on the block), and attention runs chunk by chunk,
+    each chunk over the positions up to its own end, the shapes those calls would use. So one pass
+    reads each weight once for all the chunks instead of once per chunk."""
     s = packed.backbone
     a = s.args
     T = x.shape[0]
@@ -74,7 +80,9 @@ def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, of
     H, G, hd = a.n_heads, a.n_kv_heads, a.head_dim
     cos, sin = rope_tables
     cs, sn = cos[offset:end], sin[offset:end]
-    masked = np.arange(end)[None, :] > (offset + np.arange(T))[:, None]  # (T, end): future positions
+    cuts = [offset] + ([p for p in range(offset + 1, end) if p % block == 0] if block else []) + [end]
+    chunks = [(c0 - offset, c1 - offset, np.arange(c1)[None, :] > np.arange(c0, c1)[:, None])
+              for c0, c1 in zip(cuts, cuts[1:])]  # (rows, masked: (rows, c1) future positions)
     scale = np.float32(hd ** -0.5)
     for l, L in enumerate(s.layers):
         h = rms_norm(x, L.norm1, a.norm_eps)
@@ -83,18 +91,28 @@ def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, of
         v = product(h, L.v).reshape(T, G, hd)
         kv[l, 0, :, offset:end] = k.transpose(1, 0, 2)
         kv[l, 1, :, offset:end] = v.transpose(1, 0, 2)
-        keys, values = kv[l, 0, :, :end], kv[l, 1, :, :end]  # (G, end, hd)
-        qg = q.reshape(T, G, H // G, hd).transpose(1, 2, 0, 3)  # (G, r, T, hd)
-        scores = np.matmul(qg, keys[:, None].transpose(0, 1, 3, 2))  # (G, r, T, end)
-        scores *= scale  # (in place from here on: the same operations, without temporaries)
-        np.copyto(scores, -np.inf, where=masked)
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        out = np.matmul(scores, values[:, None])  # (G, r, T, hd)
-        out = out.transpose(2, 0, 1, 3).reshape(T, H * hd)
+        out = np.concatenate([attention(q[r0:r1], kv[l], offset + r1, masked, scale)
+                              for r0, r1, masked in chunks]) if len(chunks) > 1 else \
+            attention(q, kv[l], end, chunks[0][2], scale)
         x = x + product(out, L.o)
         h = rms_norm(x, L.norm2, a.norm_eps)
         gate, up = product(h, L.gate), product(h, L.up)
         x = x + product(silu_times(gate, up), L.down)
     return rms_norm(x[-1], s.norm, a.norm_eps)
+
+
+def attention(q: np.ndarray, kv: np.ndarray, end: int, masked: np.ndarray, scale) -> np.ndarray:
+    """Causal GQA attention of rows q (T, H, hd) over the cache's positions :end (kv: (2, G, cap, hd));
+    masked (T, end) marks each row's future positions. -> (T, H * hd)."""
+    T, H, hd = q.shape
+    G = kv.shape[1]
+    keys, values = kv[0, :, :end], kv[1, :, :end]  # (G, end, hd)
+    qg = q.reshape(T, G, H // G, hd).transpose(1, 2, 0, 3)  # (G, r, T, hd)
+    scores = np.matmul(qg, keys[:, None].transpose(0, 1, 3, 2))  # (G, r, T, end)
+    scores *= scale  # (in place from here on: the same operations, without temporaries)
+    np.copyto(scores, -np.inf, where=masked)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores, values[:, None])  # (G, r, T, hd)
+    return out.transpose(2, 0, 1, 3).reshape(T, H * hd)
