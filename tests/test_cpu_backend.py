@@ -128,6 +128,24 @@ def test_prefill_and_step_match_the_float32_backbone(f32, backend):
     assert c.offset == 21
 
 
+@pytest.mark.parametrize("bits,group", [(8, 32), (8, 64), (4, 32), (4, 64)])
+@needs_native
+def test_quantized_prefill_no_further_than_twice_mlx_s_own(tiny_model_path, f32, bits, group):
+    """Prefill of an int8/int4 model (its products quantize x to int8 where the CPU has VNNI) against
+    the float32 backbone: within twice the distance of MLX's own quantized network."""
+    tokens, mask = prompt(4, 40)
+
+    def mlx_hidden(model):
+        cache = model.new_backbone_cache(64)
+        return np.array(model.backbone(model.embed_rows(mx.array(tokens)[None], mx.array(mask)[None]), cache)[0, -1])
+
+    q = load(tiny_model_path, bits, group)
+    be = cpu(q)
+    native = be.prefill_blocks(be.new_cache(64), tokens, mask, 64)
+    ref = mlx_hidden(f32)
+    assert distance(ref, native) <= 2 * distance(ref, mlx_hidden(q))
+
+
 @pytest.mark.parametrize("bits", [None, 8])
 @pytest.mark.parametrize("start,rows,pass_rows", [(0, 150, 256), (10, 140, 256), (64, 200, 128), (0, 300, 64)])
 @needs_native

@@ -38,7 +38,7 @@
 #endif
 #endif
 
-enum { V_PORTABLE = 0, V_AVX512 = 1, V_AMX = 2 };
+enum { V_PORTABLE = 0, V_AVX512 = 1, V_AMX = 2, V_VNNI = 3 };
 #define STRIP 32 /* output rows per strip */
 #define KB 32    /* bfloat16 values per slice of `in` (one AMX tile row, one zmm) */
 #define GROUP 4  /* strips a thread claims at once */
@@ -96,26 +96,40 @@ static int has_amx(void) {
 }
 #endif
 
+#ifdef CSM_X86
+static int has_avx512vnni(void) {
+    unsigned a, b, c, d;
+    if (!has_avx512bf16()) return 0; /* its bfloat16 products are the AVX512-BF16 kernel's */
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 11)); /* AVX512_VNNI */
+}
+#endif
+
 /* 1 if `variant` can run on this CPU (asking the kernel for AMX permission the first time). */
 int csm_gemm_supported(int variant) {
-    static int known[3] = {-1, -1, -1};
-    if (variant < 0 || variant > 2) return 0;
+    static int known[4] = {-1, -1, -1, -1};
+    if (variant < 0 || variant > 3) return 0;
     if (known[variant] < 0) {
         int ok = variant == V_PORTABLE;
 #ifdef CSM_X86
         if (variant == V_AVX512) ok = has_avx512bf16();
         if (variant == V_AMX) ok = has_amx();
+        if (variant == V_VNNI) ok = has_avx512vnni();
 #endif
         known[variant] = ok;
     }
     return known[variant];
 }
 
-/* The fastest variant this CPU runs. */
+/* The fastest variant this CPU runs, for bfloat16 weights and for int8/int4 ones. */
 int csm_gemm_best(void) {
     if (csm_gemm_supported(V_AMX)) return V_AMX;
     if (csm_gemm_supported(V_AVX512)) return V_AVX512;
     return V_PORTABLE;
+}
+int csm_gemm_best_q(void) {
+    if (csm_gemm_supported(V_AMX)) return V_AMX; /* (not measured against VNNI on an AMX CPU) */
+    if (csm_gemm_supported(V_VNNI)) return V_VNNI;
+    return csm_gemm_best();
 }
 
 /* ---------------------------------------------------------------- the weights of one strip */
@@ -463,6 +477,188 @@ AMX_TARGET static void strip_amx(StripView sv, const uint16_t *xt, long T, long 
 }
 #endif
 
+/* ---------------------------------------------------------------- int8 x int8 for int8/int4 weights */
+
+/* The avx512-vnni variant (AVX512-VNNI, e.g. Ice Lake, Zen 4/5), for int8/int4 weights only: the
+ * weights' codes are not dequantized at all. X is quantized per row and group instead, as the frame
+ * step's products quantize their input: x ~ dx * xq with xq = round(x / dx) in -127..127 and
+ * dx = max |x| / 127 over the group; then
+ *     y[t][n] = sum over groups g of  scale[n][g] * dx[g][t] * (sum over k of q[n][k] * xq[t][k])
+ *                                    + bias[n][g] * (sum over k of x[t][k], exact in float32)
+ * with the integer sums exact (`vpdpbusd`: 4 products of unsigned codes and signed inputs per lane)
+ * and the float terms added group after group. Lanes run over rows of X as in the bfloat16 kernel:
+ * 4 codes of a weight row broadcast to all lanes against 4 inputs of 16 rows of X. So a result
+ * depends only on its rows of X and W; it differs from the bfloat16 variants by X's quantization
+ * (half a step per input at most) where they round X and W to bfloat16.
+ *
+ * Layouts: xq[(k / 4) * tp + t] holds inputs k..k+3 of row t as 4 int8 (int4 weights: in each 8
+ * inputs the order 0 2 4 6 | 1 3 5 7, the order in which their nibbles unpack); dx and the sums
+ * cs[g * tp + t]; int8 codes are read in place, int4 codes are first unpacked, strip by strip,
+ * into bytes (low nibbles, then high ones, of each 4 bytes). */
+#ifdef CSM_X86
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
+
+VNNI_TARGET static void quantize_x(const float *X, long T, long in, int group, int q4, long tp,
+                                   int32_t *xq, float *dx, float *cs) {
+    const __m128i order = q4 ? _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15)
+                             : _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    long ng = in / group;
+    for (long t = 0; t < T; t++)
+        for (long g = 0; g < ng; g++) {
+            const float *x = X + t * in + g * group;
+            __m512 amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+            for (int k = 0; k < group; k += 16) {
+                __m512 v = _mm512_loadu_ps(x + k);
+                amax = _mm512_max_ps(amax, _mm512_andnot_ps(sign, v));
+                sum = _mm512_add_ps(sum, v);
+            }
+            float m = _mm512_reduce_max_ps(amax), d = m / 127.0f;
+            __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
+            dx[g * tp + t] = d;
+            cs[g * tp + t] = _mm512_reduce_add_ps(sum);
+            for (int k = 0; k < group; k += 16) {
+                __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), inv)); /* nearest, ties to even */
+                __m128i b = _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(q), order);
+                long w = (g * group + k) / 4;
+                xq[w * tp + t] = _mm_extract_epi32(b, 0);
+                xq[(w + 1) * tp + t] = _mm_extract_epi32(b, 1);
+                xq[(w + 2) * tp + t] = _mm_extract_epi32(b, 2);
+                xq[(w + 3) * tp + t] = _mm_extract_epi32(b, 3);
+            }
+        }
+}
+
+/* Rows n0..n0+STRIP of int4 codes (in/2 bytes each) as bytes, in xq's order (above). */
+VNNI_TARGET static void unpack_q4(const uint8_t *q, long in, long rows, uint8_t *dst) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (long r = 0; r < rows; r++)
+        for (long k = 0; k < in; k += 128) { /* 64 bytes of codes: 128 codes */
+            __m512i v = _mm512_loadu_si512(q + r * (in / 2) + k / 2);
+            __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            _mm512_storeu_si512(dst + r * in + k, _mm512_permutex2var_epi32(lo, first, hi));
+            _mm512_storeu_si512(dst + r * in + k + 64, _mm512_permutex2var_epi32(lo, second, hi));
+        }
+}
+
+typedef struct {
+    const uint8_t *codes; /* the strip's first row of codes, as bytes */
+    long row;             /* bytes from one row to the next */
+    const float *scales, *biases; /* the strip's first row's (ng per row) */
+    long ng;
+} CodeView;
+
+VNNI_TARGET static inline __attribute__((always_inline)) void tile_vnni(
+        const CodeView *cv, const uint8_t *const *wr, const float *const *sr, const float *const *br,
+        const int32_t *xq, const float *dx, const float *cs, long tp, const int group, long g0, long g1,
+        const int nv, float *acc_buf, long t0) {
+    (void)cv;
+    __m512i is[8][3];
+    for (long g = g0; g < g1; g++) {
+        #pragma GCC unroll 8
+        for (int i = 0; i < 8; i++)
+            #pragma GCC unroll 3
+            for (int v = 0; v < nv; v++) is[i][v] = _mm512_setzero_si512();
+        #pragma GCC unroll 32
+        for (long j = g * group / 4; j < (g + 1) * group / 4; j++) { /* group: a constant where inlined */
+            __m512i xv[3];
+            #pragma GCC unroll 3
+            for (int v = 0; v < nv; v++) xv[v] = _mm512_load_si512(xq + j * tp + t0 + 16 * v);
+            #pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                __m512i b = _mm512_set1_epi32(*(const int32_t *)(wr[i] + 4 * j));
+                #pragma GCC unroll 3
+                for (int v = 0; v < nv; v++) is[i][v] = _mm512_dpbusd_epi32(is[i][v], b, xv[v]);
+            }
+        }
+        #pragma GCC unroll 3
+        for (int v = 0; v < nv; v++) {
+            const __m512 d = _mm512_load_ps(dx + g * tp + t0 + 16 * v), c = _mm512_load_ps(cs + g * tp + t0 + 16 * v);
+            #pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                float *y = acc_buf + i * tp + t0 + 16 * v;
+                __m512 a = g == 0 ? _mm512_setzero_ps() : _mm512_load_ps(y);
+                a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[i][v]), _mm512_mul_ps(d, _mm512_set1_ps(sr[i][g])), a);
+                _mm512_store_ps(y, _mm512_fmadd_ps(_mm512_set1_ps(br[i][g]), c, a));
+            }
+        }
+    }
+}
+
+/* Groups g0..g1 of the strip's rows r0..r0+8 (`rows` of them real) against every row of X. */
+VNNI_TARGET static inline __attribute__((always_inline)) void rows_vnni_body(
+        const CodeView *cv, long r0, int rows, const int32_t *xq, const float *dx, const float *cs, long tp,
+        const int group, long g0, long g1, float *acc_buf) {
+    const uint8_t *wr[8];
+    const float *sr[8], *br[8];
+    for (int i = 0; i < 8; i++) {
+        long r = r0 + (i < rows ? i : rows - 1); /* spare rows repeat one */
+        wr[i] = cv->codes + r * cv->row;
+        sr[i] = cv->scales + r * cv->ng;
+        br[i] = cv->biases + r * cv->ng;
+    }
+    float *acc = acc_buf + r0 * tp;
+    long groups = tp / 16, t = 0;
+    if (groups == 1) tile_vnni(cv, wr, sr, br, xq, dx, cs, tp, group, g0, g1, 1, acc, 0);
+    if (groups > 1 && groups % 2) { tile_vnni(cv, wr, sr, br, xq, dx, cs, tp, group, g0, g1, 3, acc, 0); t = 48; }
+    for (; groups > 1 && t < tp; t += 32) tile_vnni(cv, wr, sr, br, xq, dx, cs, tp, group, g0, g1, 2, acc, t);
+}
+
+/* with the group size a constant for MLX's 32, 64 and 128 (the group's loop then unrolls whole:
+ * GCC kept copies of every accumulator in a loop of unknown length, at 2/3 of the speed) */
+VNNI_TARGET static void rows_vnni(const CodeView *cv, long r0, int rows, const int32_t *xq, const float *dx,
+                                  const float *cs, long tp, int group, long g0, long g1, float *acc_buf) {
+    if (group == 64) rows_vnni_body(cv, r0, rows, xq, dx, cs, tp, 64, g0, g1, acc_buf);
+    else if (group == 32) rows_vnni_body(cv, r0, rows, xq, dx, cs, tp, 32, g0, g1, acc_buf);
+    else if (group == 128) rows_vnni_body(cv, r0, rows, xq, dx, cs, tp, 128, g0, g1, acc_buf);
+    else rows_vnni_body(cv, r0, rows, xq, dx, cs, tp, group, g0, g1, acc_buf);
+}
+
+static int gemm_vnni(const float *X, long T, const Weights *w, float *Y, int threads) {
+    long in = w->in, ng = in / w->group, tp = (T + 15) / 16 * 16, nstrips = (w->out + STRIP - 1) / STRIP;
+    int q4 = w->bits == 4;
+    int32_t *xq = (int32_t *)aligned((size_t)tp * in);
+    float *dx = (float *)aligned((size_t)tp * ng * 4), *cs = (float *)aligned((size_t)tp * ng * 4);
+    if (!xq || !dx || !cs) { free(xq); free(dx); free(cs); return -2; }
+    if (T < tp) { memset(xq, 0, (size_t)tp * in); memset(dx, 0, (size_t)tp * ng * 4); memset(cs, 0, (size_t)tp * ng * 4); }
+    quantize_x(X, T, in, w->group, q4, tp, xq, dx, cs);
+    long gc = KC_BYTES / (tp * w->group); /* groups whose share of xq fits the budget, at least 1 */
+    if (gc < 1) gc = 1;
+    if (threads < 1) threads = 1;
+    if (threads > nstrips) threads = (int)nstrips;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|: failed)
+    {
+        uint8_t *bytes = q4 ? (uint8_t *)aligned((size_t)STRIP * in) : NULL;
+        float *acc = (float *)aligned((size_t)STRIP * tp * 4);
+        if (!acc || (q4 && !bytes)) failed = 1;
+        #pragma omp for schedule(dynamic, 1)
+        for (long s = 0; s < nstrips; s++) {
+            if (failed) continue;
+            long n0 = s * STRIP, live = w->out - n0 < STRIP ? w->out - n0 : STRIP;
+            CodeView cv = {w->q + n0 * in, in, w->scales + n0 * ng, w->biases + n0 * ng, ng};
+            if (q4) {
+                unpack_q4(w->q + n0 * (in / 2), in, live, bytes);
+                cv.codes = bytes;
+            }
+            for (long g0 = 0; g0 < ng; g0 += gc) {
+                long g1 = g0 + gc < ng ? g0 + gc : ng;
+                for (long r0 = 0; r0 < live; r0 += 8)
+                    rows_vnni(&cv, r0, live - r0 < 8 ? (int)(live - r0) : 8, xq, dx, cs, tp, w->group, g0, g1, acc);
+            }
+            for (long t = 0; t < T; t++)
+                for (long r = 0; r < live; r++) Y[t * w->out + n0 + r] = acc[r * tp + t];
+        }
+        free(bytes);
+        free(acc);
+    }
+    free(xq); free(dx); free(cs);
+    return failed ? -2 : 0;
+}
+#endif
+
 /* ---------------------------------------------------------------- the product */
 
 static int gemm(int variant, const float *X, long T, const Weights *w, float *Y, int threads) {
@@ -549,6 +745,10 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
  * -3 for a layout the kernels do not take. */
 int csm_gemm_bf16_variant(int variant, const float *X, long T, long in, const uint16_t *W, long out, float *Y, int threads) {
     Weights w = {W, NULL, NULL, NULL, out, in, 0, 1, 16};
+    if (variant == V_VNNI) { /* no integer path for bfloat16 weights: its AVX512-BF16 products */
+        if (!csm_gemm_supported(V_VNNI)) return -1;
+        variant = V_AVX512;
+    }
     return gemm(variant, X, T, &w, Y, threads);
 }
 
@@ -556,6 +756,14 @@ int csm_gemm_q_variant(int variant, const float *X, long T, long in, const uint8
                        const float *biases, long out, int group, int bits, float *Y, int threads) {
     if ((bits != 8 && bits != 4) || group < KB || group % KB || in % group) return -3;
     Weights w = {NULL, Wq, scales, biases, out, in, 0, group, bits};
+#ifdef CSM_X86
+    if (variant == V_VNNI) {
+        if (!csm_gemm_supported(V_VNNI)) return -1;
+        if (T <= 0 || out <= 0) return 0;
+        if (bits == 4 && in % 128) return gemm(V_AVX512, X, T, &w, Y, threads); /* unpack_q4 takes 128 codes at a time */
+        return gemm_vnni(X, T, &w, Y, threads);
+    }
+#endif
     return gemm(variant, X, T, &w, Y, threads);
 }
 
@@ -565,5 +773,5 @@ void csm_gemm_bf16(const float *X, long T, long in, const uint16_t *W, long out,
 
 void csm_gemm_q(const float *X, long T, long in, const uint8_t *Wq, const float *scales,
                 const float *biases, long out, int group, int bits, float *Y, int threads) {
-    csm_gemm_q_variant(csm_gemm_best(), X, T, in, Wq, scales, biases, out, group, bits, Y, threads);
+    csm_gemm_q_variant(csm_gemm_best_q(), X, T, in, Wq, scales, biases, out, group, bits, Y, threads);
 }

@@ -4,15 +4,19 @@ weights (engine/cpu/pack.py's PackedWeight), in native code (engine/cpu/gemm.c).
 Why: prefill runs the backbone over 64-row blocks, 2 GFLOP per row at full size. A matrix-vector
 kernel would read every weight once per row; a matrix-matrix product reads each weight once per
 block and keeps it in cache while all the rows go over it, so prefill becomes compute-bound and the
-CPU's matrix units decide the speed. Three variants, picked at run time from the CPU's features:
+CPU's matrix units decide the speed. Four variants, picked at run time from the CPU's features:
 
   amx-bf16     Intel AMX tiles (`tdpbf16ps`), Sapphire Rapids and later;
   avx512-bf16  `vdpbf16ps` dot products (Cooper Lake, AMD Zen 4 and later);
+  avx512-vnni  for int8/int4 weights: x quantized to int8 per row and group, `vpdpbusd` over the
+               codes as they are (no dequantizing), the scales and biases applied per group;
+               bfloat16 weights go to avx512-bf16 (AVX512-VNNI and -BF16: Zen 4 and later);
   portable     plain C that the compiler vectorises, on any CPU.
 
-All of them compute the same products: x rounded to bfloat16 (as a bfloat16 model's activations
-are), each weight rounded to bfloat16 after dequantization (w = scale * q + bias in float32), sums
-in float32. int8/int4 weights are dequantized 32 output rows at a time into a buffer that stays in
+The bfloat16 ones compute the same products: x rounded to bfloat16 (as a bfloat16 model's
+activations are), each weight rounded to bfloat16 after dequantization (w = scale * q + bias in
+float32), sums in float32; avx512-vnni differs from them by x's quantization (half a step per
+input at most) and rounds no weight. int8/int4 weights are dequantized 32 output rows at a time into a buffer that stays in
 L2, never into a float copy of the whole matrix. A row's result depends only on that row, never on
 how many rows share the call.
 """
@@ -27,7 +31,7 @@ import numpy as np
 
 from .build import BuildError, load_library
 
-VARIANTS = ("portable", "avx512-bf16", "amx-bf16")  # index = the C code's variant number
+VARIANTS = ("portable", "avx512-bf16", "amx-bf16", "avx512-vnni")  # index = the C code's variant number
 SOURCE = Path(__file__).with_name("gemm.c")
 
 _state: dict = {}
@@ -68,9 +72,10 @@ def supported(variant: str) -> bool:
     return bool(library().csm_gemm_supported(_index(variant)))
 
 
-def best_variant() -> str:
-    """The fastest variant this CPU runs."""
-    return VARIANTS[library().csm_gemm_best()]
+def best_variant(fmt: str = "bf16") -> str:
+    """The fastest variant this CPU runs for weights of format `fmt` ("bf16", "q8" or "q4")."""
+    lib = library()
+    return VARIANTS[lib.csm_gemm_best() if fmt == "bf16" else lib.csm_gemm_best_q()]
 
 
 def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None = None) -> np.ndarray:
@@ -82,7 +87,7 @@ def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None 
     lib = library()
     if threads is None:
         threads = _default_threads()
-    v = lib.csm_gemm_best() if variant is None else _index(variant)
+    v = _index(variant) if variant is not None else lib.csm_gemm_best() if w.fmt == "bf16" else lib.csm_gemm_best_q()
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != w.in_:
         raise ValueError(f"gemm: x must be (T, {w.in_}), got {x.shape}")
@@ -143,6 +148,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.csm_gemm_supported.argtypes, lib.csm_gemm_supported.restype = [i], i
     lib.csm_gemm_best.argtypes, lib.csm_gemm_best.restype = [], i
+    lib.csm_gemm_best_q.argtypes, lib.csm_gemm_best_q.restype = [], i
     lib.csm_gemm_bf16_variant.argtypes = [i, p, n, n, p, n, p, i]
     lib.csm_gemm_bf16_variant.restype = i
     lib.csm_gemm_q_variant.argtypes = [i, p, n, n, p, p, p, n, i, i, p, i]
