@@ -100,7 +100,10 @@ def run(ns) -> dict:
     if ns.layers:
         args.n_layers = ns.layers
     shapes = layer_shapes(args)
-    variants = [G.best_variant()] if ns.variants == "best" else ns.variants.split(",") if ns.variants else [v for v in G.VARIANTS[::-1] if G.supported(v) and v != "portable"] or ["portable"]
+    fmt = "bf16" if ns.bits == 16 else f"q{ns.bits}"
+    skip = ("portable", "avx512-vnni") if fmt == "bf16" else ("portable",)  # vnni runs bf16 as avx512-bf16
+    variants = ([G.best_variant(fmt)] if ns.variants == "best" else ns.variants.split(",") if ns.variants
+                else [v for v in G.VARIANTS[::-1] if G.supported(v) and v not in skip] or ["portable"])
     for v in variants:
         if not G.supported(v):
             raise SystemExit(f"variant {v} does not run on this CPU (supported: "
