@@ -1,9 +1,10 @@
 /* Multi-row products for prompt prefill on the CPU: Y (T, out) = X (T, in) @ W^T, W (out, in).
  *
  * W is bfloat16 or MLX-affine int8/int4 (w = scale * q + bias per group along `in`), in the packed
- * formats shared with the frame step (see engine/cpu/gemm.py). Every variant computes the same
- * products: X rounded to bfloat16, each weight (dequantized in float32 for int8/int4) rounded to
- * bfloat16, products summed in float32. They differ in summation order only.
+ * formats shared with the frame step (see engine/cpu/gemm.py). The bfloat16 variants (portable,
+ * AVX512, AMX) compute the same products: X rounded to bfloat16, each weight (dequantized in float32
+ * for int8/int4) rounded to bfloat16, products summed in float32; they differ in summation order
+ * only. The VNNI variant (int8/int4 weights only; further down) quantizes X to int8 instead.
  *
  * How: the work is split into strips of 32 output rows (threads claim strips). A strip's weights are
  * first written, dequantized where quantized, into a per-thread buffer in "tile order"
