@@ -673,7 +673,9 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
     void *xpacked = aligned(xbytes);
     if (!xpacked) return -2;
     if (variant == V_AMX) pack_x_tiles(X, T, w->in, kp, (uint16_t *)xpacked);
+#ifdef CSM_X86
     else if (variant == V_AVX512) pack_x_pairs(X, T, w->in, kp, tp, (uint32_t *)xpacked);
+#endif
     else {
         float *xf = (float *)xpacked;
         for (long t = 0; t < T; t++)
