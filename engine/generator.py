@@ -460,8 +460,9 @@ class Generator:
                     b = min(b, (a // self.block + max(1, max_chunks)) * self.block)
                 hidden = self.backend.prefill_blocks(stream.cache, tokens[a:b], mask[a:b], self.block)
                 stream.rows.extend(tokens[a:b], mask[a:b])
-                if b // self.block * self.block > a:
-                    stream.canonical = b // self.block * self.block
+                completed = b // self.block * self.block  # the last aligned chunk end within [a, b]
+                if completed > a:
+                    stream.canonical = completed
                 request.next_row, request.hidden = b, hidden
             if request.next_row < len(tokens):
                 return False

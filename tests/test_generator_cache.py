@@ -9,6 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from engine.backends import prefill_per_chunk
 from engine.errors import ContextTooLongError, InputError
 from engine.generator import (
     STOP_END_OF_SPEECH,
@@ -74,11 +75,7 @@ class FakeBackend:
         return cache.append(rows)
 
     def prefill_blocks(self, cache, tokens, mask, block):
-        start, hidden = cache.offset, None
-        cuts = [p - start for p in range(start + 1, start + len(tokens)) if p % block == 0]
-        for a, b in zip([0] + cuts, cuts + [len(tokens)]):
-            hidden = self.prefill(cache, tokens[a:b], mask[a:b])
-        return hidden
+        return prefill_per_chunk(self, cache, tokens, mask, block)
 
     def step(self, caches, codes, draws):
         codes = np.asarray(codes)

@@ -31,6 +31,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
+from engine.blocks import aligned_bounds
+
 
 @dataclass(frozen=True)
 class Draw:
@@ -83,6 +85,16 @@ class FrameBackend(Protocol):
     def frame_logits(self, hidden, codes): ...
 
     def batch_kernels(self, max_batch: int) -> bool: ...
+
+
+def prefill_per_chunk(backend, cache, tokens, mask, block: int):
+    """prefill_blocks as one backend.prefill per aligned chunk: for backends whose products round a
+    row by the shape of its chunk (MLX)."""
+    bounds = aligned_bounds(cache.offset, cache.offset + len(tokens), block)
+    start, hidden = bounds[0], None
+    for a, b in zip(bounds, bounds[1:]):
+        hidden = backend.prefill(cache, tokens[a - start:b - start], mask[a - start:b - start])
+    return hidden
 
 
 def choose_backend(csm, options=None) -> FrameBackend:

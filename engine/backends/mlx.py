@@ -21,7 +21,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 import numpy as np
 
-from engine.backends import Draw
+from engine.backends import Draw, prefill_per_chunk
 from engine.backends.mlx_draws import draw_arrays, pick
 from engine.constants import NUM_CODEBOOKS
 from engine.kv_cache import KVCache
@@ -83,11 +83,7 @@ class MLXBackend:
     def prefill_blocks(self, cache: MLXStreamCache, tokens, mask, block: int) -> mx.array:
         """The rows as one prefill() per aligned chunk (positions cut at multiples of `block`): MLX's
         products round a row differently in other shapes, so the chunks stay separate calls."""
-        start, hidden = cache.offset, None
-        cuts = [p - start for p in range(start + 1, start + len(tokens)) if p % block == 0]
-        for a, b in zip([0] + cuts, cuts + [len(tokens)]):
-            hidden = self.prefill(cache, tokens[a:b], mask[a:b])
-        return hidden
+        return prefill_per_chunk(self, cache, tokens, mask, block)
 
     def step(self, caches: Sequence[MLXStreamCache], codes, draws: Sequence[Draw]) -> mx.array:
         """Feed each stream's frame (B, 32) as one row of its own cache; draw the next frames."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..blocks import aligned_bounds
 from ..errors import ContextTooLongError, InputError
 from .blas import numpy_blas_threads
 from .frame import VARIANT_AMX, VARIANT_BEST, VARIANT_PORTABLE, NativeModel, best_variant, features
@@ -128,15 +129,14 @@ class CpuBackend:
         pass instead of 64 + 36 rows, each reading all 2 GB of a bfloat16 backbone)."""
         tokens, mask = np.asarray(tokens), np.asarray(mask)
         start, stop = cache.offset, cache.offset + len(tokens)
-        ends = [p for p in range(start + 1, stop) if p % block == 0] + [stop]  # where chunks end
-        bounds, last = [start], start
-        for end in ends:  # a pass ends at a chunk's end, and is PASS_ROWS rows at most (or one chunk)
-            if end - bounds[-1] > PASS_ROWS and last > bounds[-1]:
-                bounds.append(last)
-            last = end
-        bounds.append(stop)
+        chunks = aligned_bounds(start, stop, block)
+        passes = [start]
+        for prev, end in zip(chunks, chunks[1:]):  # passes end at chunk ends: PASS_ROWS rows or one chunk
+            if end - passes[-1] > PASS_ROWS and prev > passes[-1]:
+                passes.append(prev)
+        passes.append(stop)
         hidden = None
-        for p0, p1 in zip(bounds, bounds[1:]):
+        for p0, p1 in zip(passes, passes[1:]):
             hidden = self._prefill(cache, tokens[p0 - start:p1 - start], mask[p0 - start:p1 - start], block)
         return hidden
 

@@ -257,9 +257,11 @@ AVX512_TARGET static void strip_bf16_avx512(const Weights *w, long n0, uint16_t 
 
 /* ---------------------------------------------------------------- X, rounded and laid out */
 
+#ifdef CSM_X86
 /* X^T in bfloat16 pairs (the AVX512 kernel's layout): word xp[p * tp + t] holds (x[t][2p], x[t][2p+1])
- * for p < kp/2 and t < tp (T rounded up to 16), zeros past T and past `in`. */
-static void pack_x_pairs_portable(const float *X, long T, long in, long kp, long tp, uint32_t *xp, long k0) {
+ * for p < kp/2 and t < tp (T rounded up to 16), zeros past T and past `in`. This: the pairs from
+ * input k0 on, one at a time (a last slice shorter than 32 inputs). */
+static void pack_x_pairs_tail(const float *X, long T, long in, long kp, long tp, uint32_t *xp, long k0) {
     for (long p = k0 / 2; p < kp / 2; p++) {
         uint32_t *d = xp + p * tp;
         long k = 2 * p;
@@ -270,9 +272,8 @@ static void pack_x_pairs_portable(const float *X, long T, long in, long kp, long
     }
 }
 
-#ifdef CSM_X86
-/* the same, 32 values of a row at a time: rounded in one instruction, their 16 pairs scattered down
- * the columns of xp */
+/* all of X^T: 32 values of a row at a time, rounded in one instruction, their 16 pairs scattered
+ * down the columns of xp */
 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 static void pack_x_pairs(const float *X, long T, long in, long kp, long tp, uint32_t *xp) {
     if (T < tp || in < kp) memset(xp, 0, (size_t)tp * kp * 2);
@@ -284,7 +285,7 @@ static void pack_x_pairs(const float *X, long T, long in, long kp, long tp, uint
             __m512 lo = _mm512_loadu_ps(X + t * in + k), hi = _mm512_loadu_ps(X + t * in + k + 16);
             _mm512_i32scatter_epi32(xp + k / 2 * tp + t, down, (__m512i)_mm512_cvtne2ps_pbh(hi, lo), 4);
         }
-    if (full < in) pack_x_pairs_portable(X, T, in, kp, tp, xp, full);
+    if (full < in) pack_x_pairs_tail(X, T, in, kp, tp, xp, full);
 }
 #endif
 
@@ -552,10 +553,9 @@ typedef struct {
 } CodeView;
 
 VNNI_TARGET static inline __attribute__((always_inline)) void tile_vnni(
-        const CodeView *cv, const uint8_t *const *wr, const float *const *sr, const float *const *br,
+        const uint8_t *const *wr, const float *const *sr, const float *const *br,
         const int32_t *xq, const float *dx, const float *cs, long tp, const int group, long g0, long g1,
         const int nv, float *acc_buf, long t0) {
-    (void)cv;
     __m512i is[8][3];
     for (long g = g0; g < g1; g++) {
         #pragma GCC unroll 8
@@ -602,9 +602,9 @@ VNNI_TARGET static inline __attribute__((always_inline)) void rows_vnni_body(
     }
     float *acc = acc_buf + r0 * tp;
     long groups = tp / 16, t = 0;
-    if (groups == 1) tile_vnni(cv, wr, sr, br, xq, dx, cs, tp, group, g0, g1, 1, acc, 0);
-    if (groups > 1 && groups % 2) { tile_vnni(cv, wr, sr, br, xq, dx, cs, tp, group, g0, g1, 3, acc, 0); t = 48; }
-    for (; groups > 1 && t < tp; t += 32) tile_vnni(cv, wr, sr, br, xq, dx, cs, tp, group, g0, g1, 2, acc, t);
+    if (groups == 1) tile_vnni(wr, sr, br, xq, dx, cs, tp, group, g0, g1, 1, acc, 0);
+    if (groups > 1 && groups % 2) { tile_vnni(wr, sr, br, xq, dx, cs, tp, group, g0, g1, 3, acc, 0); t = 48; }
+    for (; groups > 1 && t < tp; t += 32) tile_vnni(wr, sr, br, xq, dx, cs, tp, group, g0, g1, 2, acc, t);
 }
 
 /* with the group size a constant for MLX's 32, 64 and 128 (the group's loop then unrolls whole:

@@ -16,8 +16,8 @@ CPU's matrix units decide the speed. Four variants, picked at run time from the 
 The bfloat16 ones compute the same products: x rounded to bfloat16 (as a bfloat16 model's
 activations are), each weight rounded to bfloat16 after dequantization (w = scale * q + bias in
 float32), sums in float32; avx512-vnni differs from them by x's quantization (half a step per
-input at most) and rounds no weight. int8/int4 weights are dequantized 32 output rows at a time into a buffer that stays in
-L2, never into a float copy of the whole matrix. A row's result depends only on that row, never on
+input at most) and rounds no weight. For them int8/int4 weights are dequantized 32 output rows at
+a time into a buffer that stays in L2, never into a float copy of the whole matrix. A row's result depends only on that row, never on
 how many rows share the call.
 """
 
@@ -74,8 +74,11 @@ def supported(variant: str) -> bool:
 
 def best_variant(fmt: str = "bf16") -> str:
     """The fastest variant this CPU runs for weights of format `fmt` ("bf16", "q8" or "q4")."""
-    lib = library()
-    return VARIANTS[lib.csm_gemm_best() if fmt == "bf16" else lib.csm_gemm_best_q()]
+    return VARIANTS[_best_index(library(), fmt)]
+
+
+def _best_index(lib: ctypes.CDLL, fmt: str) -> int:
+    return lib.csm_gemm_best() if fmt == "bf16" else lib.csm_gemm_best_q()
 
 
 def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None = None) -> np.ndarray:
@@ -87,7 +90,7 @@ def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None 
     lib = library()
     if threads is None:
         threads = _default_threads()
-    v = _index(variant) if variant is not None else lib.csm_gemm_best() if w.fmt == "bf16" else lib.csm_gemm_best_q()
+    v = _best_index(lib, w.fmt) if variant is None else _index(variant)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != w.in_:
         raise ValueError(f"gemm: x must be (T, {w.in_}), got {x.shape}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..blocks import aligned_bounds
 from ..errors import ContextTooLongError
 from .pack import PackedCSM
 
@@ -77,7 +78,7 @@ def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, of
     H, G, hd = a.n_heads, a.n_kv_heads, a.head_dim
     cos, sin = rope_tables
     turns = (cos[offset:end] + 1j * sin[offset:end]).astype(np.complex64)
-    cuts = [offset] + ([p for p in range(offset + 1, end) if p % block == 0] if block else []) + [end]
+    cuts = aligned_bounds(offset, end, block) if block else [offset, end]
     chunks = [(c0 - offset, c1 - offset, np.arange(c1)[None, :] > np.arange(c0, c1)[:, None])
               for c0, c1 in zip(cuts, cuts[1:])]  # (rows, masked: (rows, c1) future positions)
     scale = np.float32(hd ** -0.5)
@@ -88,9 +89,7 @@ def backbone_prefill(packed: PackedCSM, product, rope_tables, kv: np.ndarray, of
         v = product(h, L.v).reshape(T, G, hd)
         kv[l, 0, :, offset:end] = k.transpose(1, 0, 2)
         kv[l, 1, :, offset:end] = v.transpose(1, 0, 2)
-        out = np.concatenate([attention(q[r0:r1], kv[l], offset + r1, masked, scale)
-                              for r0, r1, masked in chunks]) if len(chunks) > 1 else \
-            attention(q, kv[l], end, chunks[0][2], scale)
+        out = np.concatenate([attention(q[r0:r1], kv[l], offset + r1, masked, scale) for r0, r1, masked in chunks])
         x = x + product(out, L.o)
         h = rms_norm(x, L.norm2, a.norm_eps)
         gate, up = product(h, L.gate), product(h, L.up)
