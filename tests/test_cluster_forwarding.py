@@ -164,7 +164,8 @@ def test_ingress_retries_only_what_stored_nothing(tmp_path, monkeypatch):
     reply = _ingress_call(Ingress(handle, settings), "POST", "/v1/sessions/demo/turns", b"{}")
     assert reply.status_code == 200 and len(handle.calls) == 2
 
-    # a turn stored just before its replica died: not sent again (it would be stored twice)
+    # a turn stored just before its replica died: not sent again (it would be stored twice), and
+    # the client is told it was stored, so that it does not send it again either
     def store_it(call):
         if call == 1:
             with Store(db) as store:
@@ -172,8 +173,9 @@ def test_ingress_retries_only_what_stored_nothing(tmp_path, monkeypatch):
 
     handle = _Handle(["die", "ok"], on_call=store_it)
     reply = _ingress_call(Ingress(handle, settings), "POST", "/v1/sessions/demo/turns", b"{}")
-    assert reply.status_code == 503 and reply.headers["Retry-After"] == "4"
-    assert json.loads(reply.body)["error"]["code"] == "replica_unavailable"
+    assert reply.status_code == 502 and "Retry-After" not in reply.headers
+    error = json.loads(reply.body)["error"]
+    assert error["code"] == "turn_stored_reply_lost" and "do not send it again" in error["message"]
     assert len(handle.calls) == 1
 
     # an upload may have been stored: 503 at once; and the retries run out: 503

@@ -9,7 +9,9 @@ Requests of no session go to the least-loaded replica (Serve's power-of-two-choi
 A replica that dies before its response starts:
 - a request that stores nothing (GET, one-off speech) is sent again, to a live replica;
 - a turn is sent again only when the session's revision in the database shows that nothing was
-  stored (a turn is stored in one transaction when complete, so the revision tells);
+  stored (a turn is stored in one transaction when complete, so the revision tells); when the
+  revision moved, the turn was stored and only its reply was lost: that answers 502
+  `turn_stored_reply_lost`, which says not to send it again but to read it back;
 - anything else answers 503 with Retry-After, in the API's error shape.
 A replica that dies while streaming cuts that response short (the client sees an incomplete
 body); the turn was not stored, since turns are stored only once complete.
@@ -73,6 +75,8 @@ class Ingress:
             except self.gone as error:
                 log.warning("replica gone before answering %s %s (attempt %d): %s",
                             forwarded.method, forwarded.path, attempt + 1, type(error).__name__)
+                if await self._turn_was_stored(forwarded, session, before):
+                    return self._reply_lost(session)
                 if attempt + 1 < self.settings.retries and await self._may_retry(forwarded, session, before):
                     await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
                     continue
@@ -121,6 +125,21 @@ class Ingress:
         if writes_a_turn(forwarded) and before is not None:
             return await self._revision(session) == before  # nothing was stored: safe to resend
         return False
+
+    async def _turn_was_stored(self, forwarded: HTTPRequest, session: str | None, before) -> bool:
+        """The session's revision moved while its turn was being made: the dying replica stored
+        it before it could answer (one writer per session: no other turn can have moved it)."""
+        if not writes_a_turn(forwarded) or before is None:
+            return False
+        now = await self._revision(session)
+        return now is not None and now != before
+
+    @staticmethod
+    def _reply_lost(session: str) -> Response:
+        return APIError(502, f"the model replica stored this turn but stopped before sending its "
+                        f"reply; do not send it again: GET /v1/sessions/{session} lists it, and "
+                        f"GET /v1/sessions/{session}/turns/{{index}}/audio gives its audio",
+                        code="turn_stored_reply_lost").response()
 
     def _unavailable(self) -> Response:
         return APIError(503, "the model replica serving this request stopped before it answered; "
