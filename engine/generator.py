@@ -428,15 +428,20 @@ class Generator:
         """A new request on the stream of `cache_key`, its cache trimmed to what it keeps.
 
         When another request is using that stream: `take_over` takes it (the other one fails when
-        it next runs), else this request gets a private stream (no reuse, the same codes)."""
+        it next runs), else this request gets a private stream that starts from a copy of the
+        canonical rows it shares with the busy one (the same codes as computing them again)."""
         tokens, mask = self.check(tokens, mask, max_frames)
         self._request += 1
         held = self.streams.get(cache_key)
         private = held.owner is not None and not take_over
-        target = self.streams.private(cache_key) if private else held
+        keep = self.plan_prefill(tokens, mask, reuse_cache, held)
+        if private:  # its own stream, from a copy of the busy one's shared canonical rows
+            target = self.streams.private(cache_key)
+            target.take_prefix(held, keep)
+        else:
+            target = held
+            target.trim_to(keep)
         target.owner = self._request
-        keep = self.plan_prefill(tokens, mask, reuse_cache, target)
-        target.trim_to(keep)
         request = Request(
             self, target, tokens, mask, keep, max_frames=max_frames, draw=draw or Draw(),
             cap_reason=cap_reason, streaming=stream, chunk_frames=max(1, int(chunk_frames)),

@@ -44,6 +44,14 @@ class KVCache:
         """Forget everything (the buffers are reused)."""
         self.offset = 0
 
+    def copy_from(self, other: "KVCache", n: int) -> None:
+        """Hold the first n positions of `other` (and nothing more)."""
+        n = max(0, min(int(n), other.offset))
+        if n:
+            self.keys[:, :, :n, :] = other.keys[:, :, :n, :]
+            self.values[:, :, :n, :] = other.values[:, :, :n, :]
+        self.offset = n
+
     @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes

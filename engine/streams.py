@@ -8,7 +8,9 @@ or None for calls that name none (they share one stream).
 
 A stream in use by a request is never evicted. When the streams' bytes pass the budget, idle ones go,
 the least recently used first; a request whose key is busy with another request gets a private
-stream for its duration (the same codes, computed without reuse).
+stream for its duration, starting from a copy of the canonical rows it shares with the busy one
+(the same codes as computing them again: concurrent requests of one voice prefill only what
+differs).
 """
 
 from __future__ import annotations
@@ -84,6 +86,16 @@ class Stream:
             self._cache.trim_to(n)
         self.rows.truncate(n)
         self.canonical = min(self.canonical, n)
+
+    def take_prefix(self, other: "Stream", n: int) -> None:
+        """Hold the first n rows of `other`, n <= other.canonical: canonical rows are the same
+        whoever computed them, so a copy gives the codes a recomputation would."""
+        if n > other.canonical:
+            raise ValueError(f"only canonical rows can be shared: {n} > {other.canonical}")
+        self.cache.copy_from(other.cache, n)
+        self.rows.count = 0
+        self.rows.extend(other.rows.tokens[:n], other.rows.mask[:n])
+        self.canonical = n
 
     def reset(self) -> None:
         """Forget the cached rows (the buffers stay allocated)."""

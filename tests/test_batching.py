@@ -120,3 +120,30 @@ def test_max_batch_one_runs_requests_one_after_another(models):
     assert scheduler.peak_batch == 1
     for final, want in zip(finals, expected):
         assert np.array_equal(final.frames, want)
+
+
+@pytest.mark.parametrize("backend", ["mlx", "cpu"])
+def test_concurrent_requests_of_one_context_prefill_only_what_differs(tiny_model_path, backend):
+    """Requests of one key arriving together: the first takes the key's stream, the others get
+    private ones that start from a copy of the canonical rows they share (the history), on each
+    backend's real caches; each one's codes equal its codes alone."""
+    from engine import load_model
+    from engine.backends import native_unavailable_reason
+    from engine.options import EngineOptions
+
+    options = EngineOptions.from_env(backend=backend)
+    if backend == "cpu" and native_unavailable_reason(options):
+        pytest.skip(f"native CPU backend unavailable: {native_unavailable_reason(options)}")
+    solo, batched = (load_model(str(tiny_model_path), dtype="bfloat16", options=options) for _ in range(2))
+    history = [Segment(i % 2, f"Line number {i} of an old talk.", codes=np.full((20, 32), 7 + i, np.int32))
+               for i in range(4)]
+    requests = [dict(r, context=history, max_audio_length_ms=480) for r in REQUESTS]
+    expected = [frames_alone(solo, r) for r in requests]
+    frames_alone(batched, dict(REQUESTS[0], context=history, max_audio_length_ms=160))  # the history, cached
+    canonical = batched.generator.canonical_rows
+    assert canonical >= 2 * batched.generator.block
+    with batching(batched, 8):
+        finals = drain_round_robin([batched.generate(**{**COMMON, **r}) for r in requests])
+    for final, want in zip(finals, expected):
+        assert np.array_equal(final.frames, want)
+        assert final.cached_tokens == canonical  # the private streams too

@@ -48,6 +48,10 @@ class FakeCache:
     def trim_to(self, n):
         self.offset = min(self.offset, n)
 
+    def copy_from(self, other, n):
+        self.values[:n] = other.values[:n]
+        self.offset = n
+
     def reset(self):
         self.offset = 0
 
@@ -308,6 +312,29 @@ def test_a_second_request_supersedes_a_paused_stream():
         next(stream)
     again = run(gen, text_rows([4, 5]))[0]  # the newer request's rows survived the stale one
     assert (again.prefill_tokens, again.cached_tokens) == (1, 1)
+
+
+def test_requests_on_a_busy_key_share_its_canonical_rows():
+    """Concurrent requests of one key (one voice prompt, different lines) get private streams that
+    start from a copy of the canonical rows they share with the busy one: they prefill only what
+    differs, and their codes are those of a fresh generator."""
+    prefix = text_rows(list(range(1, 14)))  # 13 rows: 12 canonical after a first request (block 4)
+    gen = Generator(FakeBackend(max_seq_len=128), FakeCodec(), prefill_block=4)
+    run(gen, cat(prefix, text_rows([50])))
+    assert gen.canonical_rows >= 12
+    prompts = [cat(prefix, text_rows([60 + i, 70 + i])) for i in range(3)]
+    scheduler = gen.batch(max_batch=4)
+    try:
+        streams = [gen.generate(*p, max_frames=6) for p in prompts]
+        finals = [list(s)[-1] for s in streams]  # consumed one after another: all share each tick
+    finally:
+        scheduler.cancel_all()
+        gen.unbatch()
+    for prompt, final in zip(prompts, finals):
+        (alone,) = run(Generator(FakeBackend(max_seq_len=128), FakeCodec(), prefill_block=4), prompt,
+                       max_frames=6)
+        assert np.array_equal(final.codes, alone.codes)
+        assert (final.cached_tokens, final.prefill_tokens) == (12, len(prompt[0]) - 12)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ class StreamCache(Protocol):
 
     def reset(self) -> None: ...
 
+    def copy_from(self, other: "StreamCache", n: int) -> None: ...  # hold other's first n positions
+
     @property
     def nbytes(self) -> int: ...  # bytes held (allocated)
 

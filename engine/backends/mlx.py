@@ -48,6 +48,11 @@ class MLXStreamCache:
         for layer in self.layers:
             layer.reset()
 
+    def copy_from(self, other: "MLXStreamCache", n: int) -> None:
+        """Hold the first n positions of `other` (and nothing more)."""
+        for mine, theirs in zip(self.layers, other.layers):
+            mine.copy_from(theirs, n)
+
     @property
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)

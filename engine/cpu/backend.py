@@ -53,6 +53,12 @@ class CpuStreamCache:
     def reset(self) -> None:
         self.offset = 0
 
+    def copy_from(self, other: "CpuStreamCache", n: int) -> None:
+        """Hold the first n positions of `other` (and nothing more)."""
+        n = max(0, min(int(n), other.offset))
+        self.kv[:, :, :, :n] = other.kv[:, :, :, :n]
+        self.offset = n
+
     @property
     def nbytes(self) -> int:
         return self.kv.nbytes
