@@ -112,6 +112,31 @@ def test_quantized_kernels_give_the_same_bits_in_every_variant(tiny_model_path, 
         assert np.array_equal(best, logits)
 
 
+@pytest.mark.parametrize("bits", [None, 8, 4])
+@needs_native
+def test_frame_products_give_each_row_the_same_bits_in_any_batch(f32, bits):
+    """Products over more rows than one job (whole jobs read as strided passes, plus a partial
+    one) give every output the bits of the one-stream product, in every batch size; quantized
+    rows also equal the portable C loops."""
+    import mlx.nn as nn
+
+    from engine.cpu.pack import pack_linear
+
+    mx.random.seed(3)
+    layer = nn.Linear(256, 300, bias=False)
+    layer.set_dtype(mx.bfloat16)
+    if bits:
+        layer = nn.QuantizedLinear.from_linear(layer, group_size=64, bits=bits)
+    w = pack_linear(layer)
+    native, portable = cpu(f32).native, cpu(f32, portable=True).native
+    x = np.random.default_rng(0).standard_normal((6, 256)).astype(np.float32)
+    one = np.concatenate([native.product(x[b:b + 1], w) for b in range(6)])
+    for B in (2, 3, 4, 5, 6):
+        assert np.array_equal(native.product(x[:B], w), one[:B]), B
+    if bits:
+        assert np.array_equal(one, portable.product(x, w))
+
+
 @needs_native
 def test_prefill_and_step_match_the_float32_backbone(f32, backend):
     tokens, mask = prompt(0, 20)

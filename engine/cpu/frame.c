@@ -413,7 +413,10 @@ static float dot_quant(const CsmWeight *w, int64_t r, const Act *a, int b, int v
 /* ---------------------------------------------------------------------------------------------- */
 /* products: several weights sharing one input, one parallel loop */
 
-#define ROW_TILE 16
+/* Output rows per job (one thread's unit of work): 16 for bf16; 128 for int8/int4, whose rows are
+ * 2-4x shorter, so that a job's rows still make long streams (rows_tiled; 64-128 measured 10-30%
+ * faster frames than 16 on an AMD EPYC, bf16 no different). */
+static inline int64_t job_rows(const CsmWeight *w) { return w->fmt == FMT_Q8 || w->fmt == FMT_Q4 ? 128 : 16; }
 #define PARALLEL_WORK (1 << 20) /* multiply-adds below which a product stays on one thread */
 #define COL_TILE 256
 
@@ -428,7 +431,7 @@ static int on_amx(const CsmWeight *w, int variant) { return variant == VARIANT_A
 
 static int64_t job_tiles(const CsmWeight *w, int variant) {
     if (on_amx(w, variant)) return (w->out + AMX_ROWS - 1) / AMX_ROWS;
-    return w->fmt == FMT_BF16_T ? (w->out + COL_TILE - 1) / COL_TILE : (w->out + ROW_TILE - 1) / ROW_TILE;
+    return w->fmt == FMT_BF16_T ? (w->out + COL_TILE - 1) / COL_TILE : (w->out + job_rows(w) - 1) / job_rows(w);
 }
 
 /* Register tiles: R weight rows times NB streams at once. Each weight vector is loaded (and, for
@@ -558,8 +561,8 @@ static const QuantTile QUANT_TILES[2][2][4] = {
 static inline int tile_rows(int fmt, int nb) { return fmt == FMT_BF16 || nb <= 2 ? 4 : 2; }
 
 /* Rows [r0, r1) of a row-major weight for all B streams, in tiles of R rows x NB streams. A whole
- * ROW_TILE goes as ROW_TILE / R passes over rows {j, j + P, j + 2P, ...} (P = ROW_TILE / R passes,
- * j = 0..P-1): each of the R rows read side by side continues, in the next pass, where it ended, so
+ * job (job_rows) goes as P = job_rows / R passes over rows {j, j + P, j + 2P, ...} (j = 0..P-1):
+ * each of the R rows read side by side continues, in the next pass, where it ended, so
  * the memory sees R long sequential streams. Adjacent rows side by side instead interleave short
  * streams within a page (1-2 KB rows), which the hardware prefetcher follows badly: measured
  * 35-65% slower for 1024-input rows on an AMD EPYC (Zen 5). The bits do not change: each output is
@@ -568,7 +571,7 @@ static void rows_tiled(const CsmWeight *w, int64_t r0, int64_t r1, const Act *a,
     const int B = a->B;
     for (int b0 = 0; b0 < B; b0 += 4) {
         const int nb = B - b0 < 4 ? B - b0 : 4, R = tile_rows(w->fmt, nb);
-        const int64_t rs = r1 - r0 == ROW_TILE ? ROW_TILE / R : 1; /* row step within a tile */
+        const int64_t rs = r1 - r0 == job_rows(w) ? job_rows(w) / R : 1; /* row step within a job */
         const int64_t step = rs > 1 ? 1 : R, end = rs > 1 ? r0 + rs : r1 - R + 1;
         float *yb = y + (int64_t)b0 * w->out;
         int64_t r = r0;
@@ -689,7 +692,7 @@ static void run_tile(const Job *j, int64_t tile, const Act *a, int variant) {
         }
         return;
     }
-    int64_t r0 = tile * ROW_TILE, r1 = r0 + ROW_TILE < w->out ? r0 + ROW_TILE : w->out;
+    const int64_t rows = job_rows(w), r0 = tile * rows, r1 = r0 + rows < w->out ? r0 + rows : w->out;
     if (tiled(w, variant)) {
         rows_tiled(w, r0, r1, a, j->y);
         return;
