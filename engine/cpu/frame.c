@@ -225,7 +225,7 @@ static void act_prepare(Act *a, const float *x, int B, int64_t in, int group, in
 /* Rows of a weight are contiguous: the one-row products and the int8/int4 tiles ask for the bytes
  * this far ahead (the coming rows') while they work, which measured 10-30% faster on one core than
  * the hardware prefetcher alone (Xeon). The bf16 tiles, memory-bound, read their rows as long
- * streams (rows_tiled) and ask for them 2 KB on into L2 only: on an AMD EPYC (Zen 5) that measured
+ * streams (rows_tiled) and ask for them 2 KB on into L2 only: on an AMD EPYC (Zen 4) that measured
  * 5-40% faster than no prefetch (most for several streams at once), where asking 1 KB on into L1
  * was slower than none. */
 #define PREFETCH_AHEAD 1024
@@ -565,7 +565,7 @@ static inline int tile_rows(int fmt, int nb) { return fmt == FMT_BF16 || nb <= 2
  * each of the R rows read side by side continues, in the next pass, where it ended, so
  * the memory sees R long sequential streams. Adjacent rows side by side instead interleave short
  * streams within a page (1-2 KB rows), which the hardware prefetcher follows badly: measured
- * 35-65% slower for 1024-input rows on an AMD EPYC (Zen 5). The bits do not change: each output is
+ * 35-65% slower for 1024-input rows on an AMD EPYC (Zen 4). The bits do not change: each output is
  * the same dot product whatever tile computes it. */
 static void rows_tiled(const CsmWeight *w, int64_t r0, int64_t r1, const Act *a, float *y) {
     const int B = a->B;
