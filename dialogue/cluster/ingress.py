@@ -28,12 +28,13 @@ from starlette.responses import Response, StreamingResponse
 from dialogue.server.errors import APIError
 
 from .asgi import HTTPRequest, ResponseStart
-from .routing import session_of, stores_nothing, writes_a_turn
+from .routing import SESSIONS, session_of, stores_nothing, writes_a_turn
 from .settings import ClusterSettings
 
 log = logging.getLogger("csm.cluster")
 BODY_SLACK = 1024 * 1024  # form fields around an upload
 RETRY_PAUSE_S = 0.5
+NEW_SESSION_SETTLE_S = 0.5  # after creating a session, before answering (see __call__)
 
 
 def _replica_gone_errors() -> tuple[type[BaseException], ...]:
@@ -83,6 +84,11 @@ class Ingress:
                 return self._unavailable()
             if not isinstance(start, ResponseStart):
                 return APIError(502, "the replica answered out of order", code="bad_gateway").response()
+            if start.status == 201 and forwarded.method == "POST" and forwarded.path.rstrip("/") == SESSIONS:
+                # Ray Serve learns which replica now holds the new session from that replica's
+                # reports (every 0.1 s); a turn sent before the router hears it may go to another
+                # replica, and then both hold the session. A moment's wait keeps it on one.
+                await asyncio.sleep(NEW_SESSION_SETTLE_S)
             response = StreamingResponse(self._body(stream, forwarded), status_code=start.status)
             response.raw_headers = [(k, v) for k, v in start.headers]
             return response
