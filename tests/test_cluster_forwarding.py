@@ -95,12 +95,16 @@ class _Stream:
     async def __anext__(self):
         import ray.exceptions
 
-        if self.script == "die":
+        if self.script == "die" or (self.script == "die-after-headers" and self.sent):
             raise ray.exceptions.ActorDiedError()
+        whole = self.script in ("whole", "die-after-headers")
         if self.sent:
+            if self.script == "whole" and self.sent == 1:
+                self.sent = 2
+                return b"0123456789"
             raise StopAsyncIteration
-        self.sent = True
-        return ResponseStart(200, [(b"x-csm-replica", b"live")])
+        self.sent = 1
+        return ResponseStart(200, [(b"x-csm-replica", b"live")] + ([(b"content-length", b"10")] if whole else []))
 
     def cancel(self):
         pass
@@ -177,6 +181,16 @@ def test_ingress_retries_only_what_stored_nothing(tmp_path, monkeypatch):
     error = json.loads(reply.body)["error"]
     assert error["code"] == "turn_stored_reply_lost" and "do not send it again" in error["message"]
     assert len(handle.calls) == 1
+
+    # a whole-file turn whose replica dies after its headers, before its body: the ingress reads
+    # whole files to their end, so it can still say what happened (and a whole one gets through)
+    handle = _Handle(["die-after-headers", "whole"])
+    reply = _ingress_call(Ingress(handle, settings), "POST", "/v1/sessions/demo/turns", b"{}")
+    assert reply.status_code == 200 and reply.body == b"0123456789" and len(handle.calls) == 2
+    handle = _Handle(["die-after-headers", "whole"], on_call=store_it)
+    reply = _ingress_call(Ingress(handle, settings), "POST", "/v1/sessions/demo/turns", b"{}")
+    assert reply.status_code == 502 and len(handle.calls) == 1
+    assert json.loads(reply.body)["error"]["code"] == "turn_stored_reply_lost"
 
     # an upload may have been stored: 503 at once; and the retries run out: 503
     handle = _Handle(["die"])

@@ -13,8 +13,10 @@ A replica that dies before its response starts:
   revision moved, the turn was stored and only its reply was lost: that answers 502
   `turn_stored_reply_lost`, which says not to send it again but to read it back;
 - anything else answers 503 with Retry-After, in the API's error shape.
-A replica that dies while streaming cuts that response short (the client sees an incomplete
-body); the turn was not stored, since turns are stored only once complete.
+A whole-file turn's answer is read to its end before the client gets it, so a replica that dies
+after its headers is handled as one that died before answering. A replica that dies while
+streaming cuts that response short (the client sees an incomplete body); the turn is stored in one
+transaction once complete, so it was stored whole or not at all (GET /v1/sessions/{id} tells).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def _replica_gone_errors() -> tuple[type[BaseException], ...]:
     names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError",
              "NodeDiedError", "ObjectLostError", "OwnerDiedError")
     return tuple(getattr(rx, n) for n in names if hasattr(rx, n))
+
+
+def _has_length(start: ResponseStart) -> bool:
+    """A response of known length (a whole file), not a stream."""
+    return any(k.lower() == b"content-length" for k, _ in start.headers)
 
 
 class Ingress:
@@ -89,6 +96,24 @@ class Ingress:
                 # reports (every 0.1 s); a turn sent before the router hears it may go to another
                 # replica, and then both hold the session. A moment's wait keeps it on one.
                 await asyncio.sleep(NEW_SESSION_SETTLE_S)
+            if writes_a_turn(forwarded) and _has_length(start):
+                # a whole-file turn: the replica stored it before answering, so a replica that dies
+                # between its headers and the end of its body must not leave the client with a cut
+                # body and no word on the turn: read it all here, then answer
+                try:
+                    body = b"".join([chunk async for chunk in stream])
+                except self.gone as error:
+                    log.warning("replica gone while sending %s %s: %s", forwarded.method,
+                                forwarded.path, type(error).__name__)
+                    if await self._turn_was_stored(forwarded, session, before):
+                        return self._reply_lost(session)
+                    if attempt + 1 < self.settings.retries and await self._may_retry(forwarded, session, before):
+                        await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
+                        continue
+                    return self._unavailable()
+                response = Response(body, status_code=start.status)
+                response.raw_headers = [(k, v) for k, v in start.headers]
+                return response
             response = StreamingResponse(self._body(stream, forwarded), status_code=start.status)
             response.raw_headers = [(k, v) for k, v in start.headers]
             return response
