@@ -78,10 +78,17 @@ class Ingress:
             stream = self.replicas.options(multiplexed_model_id=session or "").remote(forwarded)
             try:
                 start = await stream.__anext__()
+                if not isinstance(start, ResponseStart):
+                    return APIError(502, "the replica answered out of order", code="bad_gateway").response()
+                # a whole-file turn: the replica stored it before answering, so a replica that dies
+                # between its headers and the end of its body must not leave the client with a cut
+                # body and no word on the turn: read it all here, then answer
+                whole = writes_a_turn(forwarded) and _has_length(start)
+                body = b"".join([chunk async for chunk in stream]) if whole else None
             except StopAsyncIteration:
                 return APIError(502, "the replica sent no response", code="bad_gateway").response()
             except self.gone as error:
-                log.warning("replica gone before answering %s %s (attempt %d): %s",
+                log.warning("replica gone before its answer to %s %s was complete (attempt %d): %s",
                             forwarded.method, forwarded.path, attempt + 1, type(error).__name__)
                 if await self._turn_was_stored(forwarded, session, before):
                     return self._reply_lost(session)
@@ -89,32 +96,13 @@ class Ingress:
                     await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
                     continue
                 return self._unavailable()
-            if not isinstance(start, ResponseStart):
-                return APIError(502, "the replica answered out of order", code="bad_gateway").response()
             if start.status == 201 and forwarded.method == "POST" and forwarded.path.rstrip("/") == SESSIONS:
                 # Ray Serve learns which replica now holds the new session from that replica's
                 # reports (every 0.1 s); a turn sent before the router hears it may go to another
                 # replica, and then both hold the session. A moment's wait keeps it on one.
                 await asyncio.sleep(NEW_SESSION_SETTLE_S)
-            if writes_a_turn(forwarded) and _has_length(start):
-                # a whole-file turn: the replica stored it before answering, so a replica that dies
-                # between its headers and the end of its body must not leave the client with a cut
-                # body and no word on the turn: read it all here, then answer
-                try:
-                    body = b"".join([chunk async for chunk in stream])
-                except self.gone as error:
-                    log.warning("replica gone while sending %s %s: %s", forwarded.method,
-                                forwarded.path, type(error).__name__)
-                    if await self._turn_was_stored(forwarded, session, before):
-                        return self._reply_lost(session)
-                    if attempt + 1 < self.settings.retries and await self._may_retry(forwarded, session, before):
-                        await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
-                        continue
-                    return self._unavailable()
-                response = Response(body, status_code=start.status)
-                response.raw_headers = [(k, v) for k, v in start.headers]
-                return response
-            response = StreamingResponse(self._body(stream, forwarded), status_code=start.status)
+            response = (Response(body, status_code=start.status) if body is not None
+                        else StreamingResponse(self._body(stream, forwarded), status_code=start.status))
             response.raw_headers = [(k, v) for k, v in start.headers]
             return response
         return self._unavailable()
