@@ -423,3 +423,7 @@ def test_neon_kernels_give_the_portable_bits_on_arm64(tmp_path):
     done = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "features 8" in done.stdout  # the NEON dot-product path was built
+    # prefill.c, compiled into the same library, builds for ARM64 too (its vector types become NEON)
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O3", "-march=armv8.2-a+dotprod", "-fopenmp", "-c",
+                    f"-I{Path(engine.cpu.__file__).parent}", str(Path(engine.cpu.__file__).parent / "prefill.c"),
+                    "-o", str(tmp_path / "prefill.o")], check=True)

@@ -7,9 +7,10 @@ as a real prefill does. Variants (and thread counts) take turns, `--rounds` time
 reported as ms per block, GFLOP/s, weight GB/s and the rows/s it allows, with the process's CPU
 time per block (on a shared machine, one thread's CPU time is the steadier measure of the work).
 
-The rest of a layer (RMSNorm, RoPE, causal attention over the cache, SwiGLU, residuals) is timed
-separately in NumPy float32 for the same block at `--context` earlier positions, as an honest
-estimate of what the backend adds around the products; `rows/s with the rest` combines the two.
+The rest of a layer (RMSNorm, RoPE into the cache, causal attention over it, SwiGLU, residuals) is
+timed separately through the backend's own native pieces (engine/cpu/prefill.c) for the same block
+at `--context` earlier positions, as the backend adds it around the products; `rows/s with the
+rest` combines the two.
 Needs ~2 GB for bfloat16 weights: run full-size measurements one at a time.
 """
 
@@ -62,36 +63,34 @@ def time_block(layers, xs, variant: str, threads: int) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def rest_of_block(args, rows: int, context: int, rng) -> float:
-    """Seconds for the non-product work of one block through all layers, NumPy float32: two RMSNorms,
-    RoPE on q and k, causal grouped-query attention over context + rows keys, SwiGLU, residuals."""
+def rest_of_block(args, rows: int, context: int, rng, threads: int) -> float:
+    """Seconds for the non-product work of one block through all layers, as engine/cpu/prefill.py
+    runs it (engine/cpu/prefill.c on `threads` threads): two RMSNorms, RoPE on q and k with the keys
+    and values stored into a cache, causal grouped-query attention over context + rows positions,
+    SwiGLU, residuals."""
+    from ..cpu.frame import _rope_tables, library
+
+    lib = library()
     d, hd, H, KV, F = args.dim, args.head_dim, args.n_heads, args.n_kv_heads, args.hidden_dim
-    h = rng.standard_normal((rows, d)).astype(np.float32)
-    q = rng.standard_normal((rows, H, hd)).astype(np.float32)
-    keys = rng.standard_normal((KV, context + rows, hd)).astype(np.float32)
-    values = rng.standard_normal((KV, context + rows, hd)).astype(np.float32)
-    gate = rng.standard_normal((rows, F)).astype(np.float32)
-    up = rng.standard_normal((rows, F)).astype(np.float32)
-    cos = rng.standard_normal((rows, hd // 2)).astype(np.float32)
-    sin = rng.standard_normal((rows, hd // 2)).astype(np.float32)
-    mask = np.triu(np.full((rows, context + rows), -np.inf, np.float32), k=context + 1)
+    cap = context + rows
+    x = rng.standard_normal((rows, d)).astype(np.float32)
+    h, w = np.empty_like(x), np.ones(d, np.float32)
+    q = rng.standard_normal((rows, H * hd)).astype(np.float32)
+    k, v = (rng.standard_normal((rows, KV * hd)).astype(np.float32) for _ in range(2))
+    kv = rng.standard_normal((2, KV, cap, hd)).astype(np.float32)
+    out = np.empty_like(q)
+    gate, up = (rng.standard_normal((rows, F)).astype(np.float32) for _ in range(2))
+    cos, sin = _rope_tables(1.0 / 500000.0 ** (np.arange(0, hd, 2) / hd), cap)
+    p = lambda a: a.ctypes.data  # noqa: E731
     start = time.perf_counter()
     for _ in range(args.n_layers):
-        for _norm in range(2):
-            (h * (1.0 / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-5))).astype(np.float32)
-        for t in (q, keys[:, -rows:].transpose(1, 0, 2)):
-            a, b = t[..., : hd // 2], t[..., hd // 2:]
-            c, s = cos[:, None, :], sin[:, None, :]
-            np.concatenate([a * c - b * s, a * s + b * c], -1)
-        qg = q.transpose(1, 0, 2).reshape(KV, H // KV * rows, hd)
-        scores = qg @ keys.transpose(0, 2, 1) * (hd ** -0.5)
-        scores = scores.reshape(KV, H // KV, rows, -1) + mask
-        scores = np.exp(scores - scores.max(-1, keepdims=True))
-        scores /= scores.sum(-1, keepdims=True)
-        (scores.reshape(KV, -1, context + rows) @ values).astype(np.float32)
-        gate / (1.0 + np.exp(-gate)) * up
-        h + h
-        h + h
+        lib.csm_prefill_norm(p(x), rows, d, p(w), 1e-5, p(h), threads)
+        lib.csm_prefill_rope_store(p(q), p(k), p(v), rows, H, KV, hd, p(cos), p(sin), context, p(kv), cap, threads)
+        lib.csm_prefill_attention(p(q), rows, H, KV, hd, p(kv), cap, context, hd ** -0.5, p(out), threads)
+        x += h
+        lib.csm_prefill_norm(p(x), rows, d, p(w), 1e-5, p(h), threads)
+        lib.csm_prefill_swiglu(p(gate), p(up), gate.size, threads)
+        x += h
     return time.perf_counter() - start
 
 
@@ -125,7 +124,7 @@ def run(ns) -> dict:
             wall, cpu = time_block(layers, xs, *run_)
             times[run_].append(wall)
             cpu_times[run_].append(cpu)
-    rest = float(np.median([rest_of_block(args, ns.rows, ns.context, rng) for _ in range(3)]))
+    rest = float(np.median([rest_of_block(args, ns.rows, ns.context, rng, max(ns.threads)) for _ in range(3)]))
     rows = []
     for (v, t), ts in times.items():
         s = float(np.median(ts))
@@ -136,7 +135,7 @@ def run(ns) -> dict:
                      "rows_per_second_with_rest": ns.rows / (s + rest)})
     return {"bits": ns.bits, "rows": ns.rows, "layers": args.n_layers, "rounds": ns.rounds,
             "context": ns.context, "weight_gb": weight_bytes / 1e9, "gflop_per_block": flops / 1e9,
-            "rest_ms_per_block_numpy": rest * 1e3, "weights_made_s": made, "results": rows}
+            "rest_ms_per_block": rest * 1e3, "weights_made_s": made, "results": rows}
 
 
 def format_result(r: dict) -> str:
@@ -153,7 +152,7 @@ def format_result(r: dict) -> str:
     lines.append("CPU ms: this process's CPU time per block (all threads; spinning threads count): on a busy "
                  "machine wall time rises while one thread's CPU time stays near the work itself")
     lines.append(f"rest of the layers (norms, RoPE, attention over {r['context']} earlier positions, SwiGLU), "
-                 f"NumPy float32: {r['rest_ms_per_block_numpy']:.1f} ms per block")
+                 f"native: {r['rest_ms_per_block']:.1f} ms per block")
     return "\n".join(lines)
 
 

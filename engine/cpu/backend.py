@@ -22,7 +22,6 @@ import numpy as np
 
 from ..blocks import aligned_bounds
 from ..errors import ContextTooLongError, InputError
-from .blas import numpy_blas_threads
 from .frame import VARIANT_AMX, VARIANT_BEST, VARIANT_PORTABLE, NativeModel, best_variant, features
 from .pack import pack_csm
 from .prefill import backbone_prefill, embed_rows
@@ -126,13 +125,15 @@ class CpuBackend:
     # ---- backbone ------------------------------------------------------------------------------
     def prefill(self, cache: CpuStreamCache, tokens, mask) -> np.ndarray:
         """(T, 33) rows appended to `cache` as one chunk -> the last row's hidden state (Db,) float32."""
-        return self._prefill(cache, tokens, mask, None)
+        return self._prefill(cache, tokens, mask)
 
     def prefill_blocks(self, cache: CpuStreamCache, tokens, mask, block: int) -> np.ndarray:
         """(T, 33) rows appended to `cache`, each computed as prefill() over the aligned chunks
-        (positions cut at multiples of `block`) would compute it, bit for bit, but in passes of up
-        to PASS_ROWS rows that read every weight once for all their chunks (a 100-row prompt: one
-        pass instead of 64 + 36 rows, each reading all 2 GB of a bfloat16 backbone)."""
+        (positions cut at multiples of `block`) would compute it, bit for bit (a row depends only on
+        itself and the positions before it: engine/cpu/prefill.py), but in passes of up to
+        PASS_ROWS rows, cut at chunk ends, that read every weight once for all their chunks (a
+        100-row prompt: one pass instead of 64 + 36 rows, each reading all 2 GB of a bfloat16
+        backbone)."""
         tokens, mask = np.asarray(tokens), np.asarray(mask)
         start, stop = cache.offset, cache.offset + len(tokens)
         chunks = aligned_bounds(start, stop, block)
@@ -143,10 +144,10 @@ class CpuBackend:
         passes.append(stop)
         hidden = None
         for p0, p1 in zip(passes, passes[1:]):
-            hidden = self._prefill(cache, tokens[p0 - start:p1 - start], mask[p0 - start:p1 - start], block)
+            hidden = self._prefill(cache, tokens[p0 - start:p1 - start], mask[p0 - start:p1 - start])
         return hidden
 
-    def _prefill(self, cache: CpuStreamCache, tokens, mask, block: int | None) -> np.ndarray:
+    def _prefill(self, cache: CpuStreamCache, tokens, mask) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int32)
         mask = np.asarray(mask, dtype=np.bool_)
         if tokens.ndim != 2 or tokens.shape[1] != self.K + 1 or mask.shape != tokens.shape or not len(tokens):
@@ -154,9 +155,7 @@ class CpuBackend:
                              f"got {tokens.shape} and {mask.shape}")
         self._check_ids(np.where(mask, tokens, 0))
         x = embed_rows(self.packed, tokens, mask)
-        with numpy_blas_threads(1):
-            hidden = backbone_prefill(self.packed, self._product, self.native.rope["backbone"], cache.kv,
-                                      cache.offset, x, block)
+        hidden = backbone_prefill(self.native, self._product, cache.kv, cache.offset, x)
         cache.offset += len(tokens)
         return hidden
 

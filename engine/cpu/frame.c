@@ -30,6 +30,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include "rows.h"
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
@@ -755,23 +756,7 @@ static void product1(const CsmModel *m, const CsmWeight *w, const float *x, int 
 /* ---------------------------------------------------------------------------------------------- */
 /* the transformer pieces */
 
-static void rms_norm(const float *x, const float *w, int64_t n, float eps, float *y) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];
-}
-
-static void rope(float *x, int heads, int hd, const float *cs, const float *sn) {
-    for (int h = 0; h < heads; h++) {
-        float *v = x + h * hd;
-        for (int i = 0; i < hd / 2; i++) {
-            float a = v[2 * i], b = v[2 * i + 1];
-            v[2 * i] = a * cs[i] - b * sn[i];
-            v[2 * i + 1] = a * sn[i] + b * cs[i];
-        }
-    }
-}
+/* rms_norm, rope, attend, swiglu: rows.h */
 
 /* The stack's cache of one stream: (layers, 2, n_kv, cap, head_dim) float32. */
 static float *kv_at(const CsmStack *s, float *cache, int64_t cap, int layer, int which, int g) {
@@ -813,25 +798,11 @@ static void stack_step(const CsmModel *m, const CsmStack *s, int B, float *x, fl
         }
         #pragma omp parallel for schedule(static) num_threads(n_threads(m)) \
             if ((int64_t)B * H * (maxpos + 1) * hd >= PARALLEL_WORK)
-        for (int bh = 0; bh < B * H; bh++) {
-            const int b = bh / H, hh = bh % H, g = hh / (H / G), T = pos[b] + 1;
-            const float *qv = q + b * qd + hh * hd;
-            const float *K = kv_at(s, caches[b], cap[b], l, 0, g), *V = kv_at(s, caches[b], cap[b], l, 1, g);
-            float *sc = scores + (int64_t)bh * (maxpos + 1), mx = -INFINITY;
-            for (int t = 0; t < T; t++) {
-                float d = 0.0f;
-                for (int i = 0; i < hd; i++) d = fmaf(qv[i], K[(int64_t)t * hd + i], d);
-                sc[t] = d * scale;
-                mx = sc[t] > mx ? sc[t] : mx;
-            }
-            float sum = 0.0f;
-            for (int t = 0; t < T; t++) { sc[t] = expf(sc[t] - mx); sum += sc[t]; }
-            float *ov = att + b * qd + hh * hd;
-            for (int i = 0; i < hd; i++) ov[i] = 0.0f;
-            for (int t = 0; t < T; t++) {
-                const float p = sc[t] / sum;
-                for (int i = 0; i < hd; i++) ov[i] = fmaf(p, V[(int64_t)t * hd + i], ov[i]);
-            }
+        for (int bg = 0; bg < B * G; bg++) {
+            const int b = bg / G, g = bg % G, r = H / G;
+            attend(q + b * qd + g * r * hd, r, hd, kv_at(s, caches[b], cap[b], l, 0, g),
+                   kv_at(s, caches[b], cap[b], l, 1, g), pos[b] + 1, scale,
+                   scores + (int64_t)bg * r * (maxpos + 1), att + b * qd + g * r * hd);
         }
         product1(m, &L->o, att, B, o);
         for (int64_t i = 0; i < (int64_t)B * D; i++) x[i] += o[i];
@@ -840,7 +811,7 @@ static void stack_step(const CsmModel *m, const CsmStack *s, int B, float *x, fl
         Job gu[2] = {{&L->gate, gt}, {&L->up, up}};
         products(m, gu, 2, &a);
         act_free(&a);
-        for (int64_t i = 0; i < (int64_t)B * F; i++) gt[i] = gt[i] / (1.0f + expf(-gt[i])) * up[i];
+        swiglu(gt, up, (int64_t)B * F);
         product1(m, &L->down, gt, B, o);
         for (int64_t i = 0; i < (int64_t)B * D; i++) x[i] += o[i];
     }

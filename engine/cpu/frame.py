@@ -60,7 +60,7 @@ def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
         from .build import load_library
 
         try:
-            lib = load_library("frame.c", list(key))
+            lib = load_library("frame.c", list(key), sources=("prefill.c",))
         except Exception as exc:
             _LIB[key] = exc
             raise
@@ -73,6 +73,11 @@ def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
             "csm_draw": [P, c_int32, P, c_int32],
             "csm_uniform": [c_uint64, c_int64, c_int64],
             "csm_features": [],
+            # prefill.c: the prefill's pieces between its products (engine/cpu/prefill.py)
+            "csm_prefill_norm": [P, c_int64, c_int64, P, c_float, P, c_int],
+            "csm_prefill_rope_store": [P, P, P, c_int64, c_int, c_int, c_int, P, P, c_int64, P, c_int64, c_int],
+            "csm_prefill_attention": [P, c_int64, c_int, c_int, c_int, P, c_int64, c_int64, c_float, P, c_int],
+            "csm_prefill_swiglu": [P, P, c_int64, c_int],
         }
         for name, args in signatures.items():
             getattr(lib, name).argtypes = args
@@ -80,6 +85,7 @@ def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
         lib.csm_draw.restype = c_int32
         lib.csm_uniform.restype = c_double
         lib.csm_features.restype = c_int
+        lib.csm_prefill_attention.restype = c_int
         _LIB[key] = lib
     return _LIB[key]
 
