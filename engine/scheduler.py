@@ -20,7 +20,10 @@ A request keeps its own seed, sampler settings, stop rules, streaming decoder an
 its codes do not depend on the batch (backends hold rows independent). Requests leave when they
 finish or are cancelled (closing their iterator), at a frame boundary, without disturbing others.
 `on_advance` (optional) runs after every advance: the server uses it to hand out other requests'
-chunks while one caller waits on a long prefill.
+chunks while one caller waits on a long prefill. `on_admit` (optional) runs at the start of every
+advance, before newcomers join: the server starts the requests queued for it there, so requests
+arriving at once all join the first tick (each one's start submits it from a nested iterate(),
+whose own advance admits the next; admitted after a tick, one joined per tick).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Scheduler:
         self.batch: list = []  # in the batch: prefilling or generating
         self.owner = None  # set by a driver (the server's worker): recorded on each request
         self.on_advance: Callable[[], None] | None = None
+        self.on_admit: Callable[[], None] | None = None
         self.ticks = 0
         self.peak_batch = 0
 
@@ -93,6 +97,8 @@ class Scheduler:
     # -- one step ---------------------------------------------------------------------------------
     def advance(self) -> None:
         """Admit, prefill each newcomer by a few chunks, and tick every prefilled request once."""
+        if self.on_admit is not None:
+            self.on_admit()
         while self.waiting and len(self.batch) < self.max_batch:
             self.batch.append(self.waiting.popleft())
         self.peak_batch = max(self.peak_batch, len(self.batch))

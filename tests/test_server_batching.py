@@ -66,3 +66,39 @@ def test_max_audio_ms_caps_a_request(server):
     assert reply.status_code == 400
     error = reply.json()["error"]
     assert error["param"] == "max_audio_length_ms" and "5000" in error["message"]
+
+
+def test_requests_queued_together_share_the_first_tick(server):
+    """Three requests queued while the worker is busy all join the batch before its first tick
+    (not one per tick), and still get the bytes they get alone."""
+    server.wait_idle()
+    alone = [speech(server, i).content for i in range(3)]
+    generator = server.app.state.csm.backend.model.generator
+    sizes = []
+    tick = generator.tick
+
+    def counted(requests):
+        sizes.append(len([r for r in requests if r.prefilled and not r.done]))
+        return tick(requests)
+
+    release = threading.Event()
+    busy = threading.Thread(target=server.worker.call, args=(release.wait,))
+    busy.start()
+    generator.tick = counted
+    try:
+        replies = [None] * 3
+        threads = [threading.Thread(target=lambda i=i: replies.__setitem__(i, speech(server, i))) for i in range(3)]
+        for t in threads:
+            t.start()
+        while server.worker.queued() < 3:  # the three requests, behind the busy call
+            threading.Event().wait(0.01)
+        release.set()
+        for t in threads:
+            t.join(300)
+    finally:
+        release.set()
+        busy.join(60)
+        generator.tick = tick
+    assert [r.status_code for r in replies] == [200] * 3
+    assert [r.content for r in replies] == alone
+    assert sizes and sizes[0] == 3, sizes

@@ -18,7 +18,9 @@ for frames is parked; the worker steps the jobs that have output (or are not gen
 every job waits it advances the scheduler, which moves all their requests on by one frame in one
 batched step. While one job waits inside a long step (a newcomer's prefill, a whole-file request),
 the scheduler's `on_advance` hook lets the worker hand out the other jobs' chunks, so their
-streams do not freeze. Cancellation and disconnects stay per job.
+streams do not freeze. Jobs queued while the batch has room are started at the start of every
+scheduler step too (its `on_admit` hook), before the step's tick, so requests arriving together
+share the batch from its first tick. Cancellation and disconnects stay per job.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ class Worker:
         """Batch the jobs' generation through `scheduler` (engine/scheduler.py). Worker thread only."""
         self.scheduler = scheduler
         scheduler.on_advance = self._hand_out
+        scheduler.on_admit = self._join_before_tick
 
     def call(self, fn: Callable[[], Any], label: str = "call", timeout: float | None = None) -> Any:
         """Run `fn()` on the worker thread and wait for its value, from outside any event loop
@@ -273,6 +276,17 @@ class Worker:
                 self._queue.put_nowait(None)
                 return
             if self._start(job):
+                self._step(job)
+
+    def _join_before_tick(self) -> None:
+        """The scheduler's on_admit hook, at the start of each of its steps: start queued jobs and
+        the first step of running jobs not stepped yet, so that their requests are submitted before
+        the step's tick and requests arriving together share the batch from its first tick (each
+        first step runs nested: it submits, then waits inside a scheduler step of its own, whose
+        hook starts the next one)."""
+        self._admit()
+        for job in list(self.running):
+            if job not in self._executing and id(job) not in self._iterators:
                 self._step(job)
 
     def _waiting_for_frames(self, job: Job) -> bool:

@@ -12,11 +12,19 @@ and laid out for frame.c (engine/cpu/frame.py). Then:
 A stream's KV cache is NumPy memory owned here: float32 (layers, 2, n_kv, max_positions, head_dim),
 its pages touched only as positions fill.
 
+The cores belong to the frame step's OpenMP threads, so the backend gives the BLAS that MLX uses
+(engine/cpu/blas.py; only the codec still runs on MLX) one thread unless CSM_OPENBLAS_THREADS says
+otherwise: OpenBLAS's idle workers spin for ~70 ms after each call, and after every decoded chunk
+that spinning took a core from the next frame step (4-stream server ticks ran ~20% slower). The
+codec's 6-frame streaming chunk costs ~10 ms more on one BLAS thread (56 against 45 ms).
+
 Draws are keyed by (seed, frame, codebook) through a counter-based hash in frame.c, so a stream's
 codes depend on nothing else in the batch, its history or the thread count.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -79,7 +87,7 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self, csm, threads: int | None = None, portable: bool = False):
-        from .blas import default_threads
+        from .blas import ENV_THREADS, default_threads, set_threads
 
         self.config = csm.config
         self.max_positions = int(self.config.max_seq_len)
@@ -88,6 +96,8 @@ class CpuBackend:
         self.portable = portable
         self.native = NativeModel(self.packed, self.threads, VARIANT_PORTABLE if portable else VARIANT_BEST)
         self.K = self.config.audio_num_codebooks
+        if not os.environ.get(ENV_THREADS, "").strip():  # see the module doc
+            set_threads(1)
         gemm = _gemm(self.threads)
         self._product = gemm if gemm is not None else self.native.product
         self._prefill_by = "gemm" if gemm is not None else "frame kernels"
