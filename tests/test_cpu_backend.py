@@ -427,3 +427,25 @@ def test_neon_kernels_give_the_portable_bits_on_arm64(tmp_path):
     subprocess.run(["aarch64-linux-gnu-gcc", "-O3", "-march=armv8.2-a+dotprod", "-fopenmp", "-c",
                     f"-I{Path(engine.cpu.__file__).parent}", str(Path(engine.cpu.__file__).parent / "prefill.c"),
                     "-o", str(tmp_path / "prefill.o")], check=True)
+
+
+@needs_native
+def test_the_native_backend_gives_mlx_s_blas_one_thread(f32, monkeypatch):
+    """Only the codec runs on MLX then; OpenBLAS's spinning idle workers would take a core from the
+    frame step. CSM_OPENBLAS_THREADS, when set, is left as it is."""
+    from engine.cpu.blas import ENV_THREADS, blas_info, configured_threads, set_threads
+
+    if not blas_info().loaded:
+        pytest.skip("no OpenBLAS loaded here")
+    try:
+        monkeypatch.delenv(ENV_THREADS, raising=False)
+        set_threads(2)
+        cpu(f32)
+        assert blas_info().threads == 1
+        monkeypatch.setenv(ENV_THREADS, "2")
+        set_threads(2)
+        cpu(f32)
+        assert blas_info().threads == 2
+    finally:
+        monkeypatch.delenv(ENV_THREADS, raising=False)
+        set_threads(configured_threads())

@@ -361,7 +361,11 @@ def comparison_variants(which: str, model: CSM, args) -> dict:
     (MLX's frame step eager and compiled), 'threads' (the chosen backend with 1 and 2 threads) or
     'prefill' (the backends' prompt prefill)."""
     if which in ("backends", "prefill"):
-        return {"mlx": make_backend(model, args, backend="mlx"), "cpu": make_backend(model, args, backend="cpu")}
+        from engine.cpu.blas import configured_threads, set_threads
+
+        cpu = make_backend(model, args, backend="cpu")
+        set_threads(configured_threads())  # the native backend gave MLX's BLAS one thread; MLX's frames use them all
+        return {"mlx": make_backend(model, args, backend="mlx"), "cpu": cpu}
     if which == "compile":
         return {"mlx eager": make_backend(model, args, backend="mlx", compile=False),
                 "mlx compiled": make_backend(model, args, backend="mlx", compile=True)}

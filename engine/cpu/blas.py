@@ -169,14 +169,19 @@ def _describe(lib: ctypes.CDLL, path: Path, source: str, notes: list[str]) -> Bl
     return info
 
 
+def configured_threads() -> int:
+    """The thread count the loaded OpenBLAS starts with: CSM_OPENBLAS_THREADS, else default_threads()."""
+    wanted = os.environ.get(ENV_THREADS, "").strip()
+    try:
+        return int(wanted) if wanted else default_threads()
+    except ValueError:
+        return default_threads()
+
+
 def _set_threads(lib: ctypes.CDLL) -> int | None:
     get = getattr(lib, "openblas_get_num_threads", None)
     put = getattr(lib, "openblas_set_num_threads", None)
-    wanted = os.environ.get(ENV_THREADS, "").strip()
-    try:
-        n = int(wanted) if wanted else default_threads()
-    except ValueError:
-        n = default_threads()
+    n = configured_threads()
     if put is not None and n > 0:
         put.argtypes = [ctypes.c_int]
         put(n)
