@@ -69,6 +69,7 @@ def rest_of_block(args, rows: int, context: int, rng, threads: int) -> float:
     and values stored into a cache, causal grouped-query attention over context + rows positions,
     SwiGLU, residuals."""
     from ..cpu.frame import _rope_tables, library
+    from ..cpu.prefill import _ptr as p
 
     lib = library()
     d, hd, H, KV, F = args.dim, args.head_dim, args.n_heads, args.n_kv_heads, args.hidden_dim
@@ -81,7 +82,6 @@ def rest_of_block(args, rows: int, context: int, rng, threads: int) -> float:
     out = np.empty_like(q)
     gate, up = (rng.standard_normal((rows, F)).astype(np.float32) for _ in range(2))
     cos, sin = _rope_tables(1.0 / 500000.0 ** (np.arange(0, hd, 2) / hd), cap)
-    p = lambda a: a.ctypes.data  # noqa: E731
     start = time.perf_counter()
     for _ in range(args.n_layers):
         lib.csm_prefill_norm(p(x), rows, d, p(w), 1e-5, p(h), threads)

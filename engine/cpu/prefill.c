@@ -1,10 +1,10 @@
 /* The backbone's work between the matrix products over T prompt rows of one stream, for
  * engine/cpu/prefill.py (which runs gemm.c's products around these): RMSNorm, RoPE with the keys
  * and values stored into the stream's cache, causal GQA attention and SwiGLU. Each is one call per
- * layer whose rows OpenMP threads share; each row is computed by rows.h's one-row pieces, as the
- * frame step computes its row, so it depends only on the row and on the cache positions up to its
- * own, never on how many rows share the call or how they are split. Compiled into frame.c's
- * library (engine/cpu/frame.py).
+ * layer whose rows OpenMP threads share. RMSNorm, RoPE, softmax and SwiGLU are rows.h's one-row
+ * pieces, as the frame step uses them; attention over many rows has tiles of its own (below). Each
+ * row depends only on the row and on the cache positions up to its own, never on how many rows
+ * share the call or how they are split. Compiled into frame.c's library (engine/cpu/frame.py).
  *
  * The cache of one layer: kv (2, G, cap, hd) float32, keys then values; row t of the call goes to
  * position offset + t. RoPE tables: cos, sin (positions, hd/2), row p for position p.
@@ -118,26 +118,6 @@ static void tile_values(const float *p, int64_t ldsc, const float *V, int64_t n,
         store16(out + 2 * hd + i0, a2);
         store16(out + 3 * hd + i0, a3);
     }
-}
-
-/* s[:n] = softmax(s[:n]); the max and the sum in 16 partial lanes (vectorised), then the lanes. */
-static void softmax(float *s, int64_t n) {
-    float m[16], z[16];
-    int64_t t = 0;
-    for (int i = 0; i < 16; i++) m[i] = -INFINITY, z[i] = 0.0f;
-    for (; t + 16 <= n; t += 16)
-        for (int i = 0; i < 16; i++) m[i] = s[t + i] > m[i] ? s[t + i] : m[i];
-    for (int i = 0; t < n; t++, i++) m[i] = s[t] > m[i] ? s[t] : m[i];
-    float mx = m[0];
-    for (int i = 1; i < 16; i++) mx = m[i] > mx ? m[i] : mx;
-    for (t = 0; t < n; t++) s[t] = exp_poly(s[t] - mx);
-    for (t = 0; t + 16 <= n; t += 16)
-        for (int i = 0; i < 16; i++) z[i] += s[t + i];
-    for (int i = 0; t < n; t++, i++) z[i] += s[t];
-    for (int w = 8; w; w >>= 1)
-        for (int i = 0; i < w; i++) z[i] += z[i + w];
-    const float inv = 1.0f / z[0];
-    for (t = 0; t < n; t++) s[t] *= inv;
 }
 
 /* Row t's r heads of one group over positions 0..n-1: HEADS at a time (a short last pass padded

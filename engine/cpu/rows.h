@@ -1,7 +1,8 @@
 /* The transformer's pieces between the matrix products, for one row at a time: RMSNorm, RoPE,
- * causal attention of one KV group's query heads, SwiGLU. frame.c's one-row step (B streams) and
- * prefill.c's T prompt rows both use these, so a row is normalised, rotated and attended the same
- * way in both, and its result depends only on the row itself and the cache positions it reads.
+ * softmax, causal attention of one KV group's query heads, SwiGLU. frame.c's one-row step (B
+ * streams) and prefill.c's T prompt rows both use them (prefill.c's attention over many rows has
+ * tiles of its own, around this softmax), and a row's result depends only on the row itself and
+ * the cache positions it reads.
  *
  * The loops are written so that the compiler vectorises them without -ffast-math: dot products
  * keep 16 independent partial sums, added as a tree at the end, and exp is computed in plain
@@ -74,6 +75,26 @@ static inline float dot(const float *a, const float *b, int n) {
     return acc[0];
 }
 
+/* s[:n] = softmax(s[:n]); the max and the sum in 16 partial lanes (vectorised), then the lanes. */
+static inline void softmax(float *s, int64_t n) {
+    float m[16], z[16];
+    int64_t t = 0;
+    for (int i = 0; i < 16; i++) m[i] = -INFINITY, z[i] = 0.0f;
+    for (; t + 16 <= n; t += 16)
+        for (int i = 0; i < 16; i++) m[i] = s[t + i] > m[i] ? s[t + i] : m[i];
+    for (int i = 0; t < n; t++, i++) m[i] = s[t] > m[i] ? s[t] : m[i];
+    float mx = m[0];
+    for (int i = 1; i < 16; i++) mx = m[i] > mx ? m[i] : mx;
+    for (t = 0; t < n; t++) s[t] = exp_poly(s[t] - mx);
+    for (t = 0; t + 16 <= n; t += 16)
+        for (int i = 0; i < 16; i++) z[i] += s[t + i];
+    for (int i = 0; t < n; t++, i++) z[i] += s[t];
+    for (int w = 8; w; w >>= 1)
+        for (int i = 0; i < w; i++) z[i] += z[i + w];
+    const float inv = 1.0f / z[0];
+    for (t = 0; t < n; t++) s[t] *= inv;
+}
+
 /* The r query heads q (r, hd) of one KV group, attending to positions 0..n-1 of its keys K and
  * values V (n, hd each): out (r, hd) = softmax(q K^T * scale) V. sc: scratch for r * n scores. */
 static inline void attend(const float *q, int r, int hd, const float *K, const float *V, int64_t n, float scale,
@@ -81,12 +102,7 @@ static inline void attend(const float *q, int r, int hd, const float *K, const f
     for (int64_t t = 0; t < n; t++)
         for (int h = 0; h < r; h++) sc[h * n + t] = dot(q + h * hd, K + t * hd, hd) * scale;
     for (int h = 0; h < r; h++) {
-        float *s = sc + h * n, mx = -INFINITY, sum = 0.0f;
-        for (int64_t t = 0; t < n; t++) mx = s[t] > mx ? s[t] : mx;
-        for (int64_t t = 0; t < n; t++) s[t] = exp_poly(s[t] - mx);
-        for (int64_t t = 0; t < n; t++) sum += s[t];
-        const float inv = 1.0f / sum;
-        for (int64_t t = 0; t < n; t++) s[t] *= inv;
+        softmax(sc + h * n, n);
         for (int i = 0; i < hd; i++) out[h * hd + i] = 0.0f;
     }
     for (int64_t t = 0; t < n; t++) {
