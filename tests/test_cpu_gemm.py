@@ -151,6 +151,35 @@ def test_rows_do_not_depend_on_the_block(variant, fmt):
         assert np.array_equal(whole[start:stop], G.gemm(x[start:stop], w, variant, threads=2))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("fmt", ["bf16", "q8", "q4"])
+def test_a_callers_scratch_and_out_change_no_bit(variant, fmt):
+    """Products into a caller's `out`, with its scratch reused (stale from a bigger call), equal the
+    products that allocate their own; a scratch too small or misaligned is ignored, not overrun."""
+    rng = np.random.default_rng(12)
+    w = random_bf16(rng, 70, 256)[0] if fmt == "bf16" else random_q(rng, 70, 256, int(fmt[1]), 64)[0]
+    x = rng.standard_normal((40, 256)).astype(np.float32)
+    need = G.scratch_bytes(40, w, variant, threads=2)
+    assert need > 0 and G.scratch_bytes(8, w, variant, threads=2) <= need
+    block = np.full(need + 128, 0xAB, np.uint8)
+    start = -block.ctypes.data % 64
+    scratch = block[start:start + need]
+    for T in (40, 7, 16, 40):
+        alone = G.gemm(x[:T], w, variant, threads=2)
+        out = np.full((T, 70), np.nan, np.float32)
+        assert G.gemm(x[:T], w, variant, threads=2, out=out, scratch=scratch) is out
+        assert np.array_equal(out, alone)
+        assert (scratch != 0xAB).any()  # it was used
+    guard = block[start + need:start + need + 64].copy()
+    small = block[start:start + need // 2]
+    assert np.array_equal(G.gemm(x, w, variant, threads=2, scratch=small), G.gemm(x, w, variant, threads=2))
+    misaligned = block[start + 1:start + 1 + need]
+    assert np.array_equal(G.gemm(x, w, variant, threads=2, scratch=misaligned), G.gemm(x, w, variant, threads=2))
+    assert np.array_equal(block[start + need:start + need + 64], guard)  # nothing past the given bytes
+    with pytest.raises(ValueError, match="expected a contiguous float32"):
+        G.gemm(x, w, variant, out=np.empty((40, 71), np.float32))
+
+
 def test_variants_agree():
     """Every bfloat16 variant computes the same rounded products; only the float32 summation order
     differs (avx512-vnni quantizes x instead: test_quantized holds it to its own bound)."""

@@ -32,7 +32,7 @@ from ..blocks import aligned_bounds
 from ..errors import ContextTooLongError, InputError
 from .frame import VARIANT_AMX, VARIANT_BEST, VARIANT_PORTABLE, NativeModel, best_variant, features
 from .pack import pack_csm
-from .prefill import backbone_prefill, embed_rows
+from .prefill import Workspace, backbone_prefill, embed_rows
 
 
 PASS_ROWS = 256  # prefill_blocks' rows per pass: gemm.c runs 128-256-row blocks at its best rate
@@ -72,15 +72,17 @@ class CpuStreamCache:
 
 
 def _gemm(threads: int):
-    """engine/cpu/gemm.py's multi-row product (x (T, in), PackedWeight) -> (T, out) when it is there
-    and builds here, else None."""
+    """engine/cpu/gemm.py's multi-row product (x (T, in), PackedWeight, out, scratch) -> out (T, out),
+    and the scratch bytes it needs for `rows` rows of a weight, when it is there and builds here;
+    else None."""
     try:
         from . import gemm
     except ImportError:
         return None
     if hasattr(gemm, "available") and not gemm.available():
         return None
-    return lambda x, w: gemm.gemm(x, w, threads=threads)
+    product = lambda x, w, out=None, scratch=None: gemm.gemm(x, w, threads=threads, out=out, scratch=scratch)
+    return product, lambda rows, w: gemm.scratch_bytes(rows, w, threads=threads)
 
 
 class CpuBackend:
@@ -99,7 +101,14 @@ class CpuBackend:
         if not os.environ.get(ENV_THREADS, "").strip():  # see the module doc
             set_threads(1)
         gemm = _gemm(self.threads)
-        self._product = gemm if gemm is not None else self.native.product
+        if gemm is not None:
+            self._product, needs = gemm
+            L = self.packed.backbone.layers[0]
+            scratch = max(needs(PASS_ROWS, w) for w in (L.q, L.k, L.v, L.o, L.gate, L.up, L.down))
+        else:
+            self._product = lambda x, w, out=None, scratch=None: self.native.product(x, w, out)
+            scratch = 0
+        self._workspace = Workspace(self.packed, PASS_ROWS, scratch)
         self._prefill_by = "gemm" if gemm is not None else "frame kernels"
         self._describe()
 
@@ -165,7 +174,7 @@ class CpuBackend:
                              f"got {tokens.shape} and {mask.shape}")
         self._check_ids(np.where(mask, tokens, 0))
         x = embed_rows(self.packed, tokens, mask)
-        hidden = backbone_prefill(self.native, self._product, cache.kv, cache.offset, x)
+        hidden = backbone_prefill(self.native, self._product, cache.kv, cache.offset, x, self._workspace)
         cache.offset += len(tokens)
         return hidden
 

@@ -206,10 +206,13 @@ class NativeModel:
                           _ptr(out), _ptr(hidden))
         return out
 
-    def product(self, x: np.ndarray, w: PackedWeight) -> np.ndarray:
-        """x (T, in) @ W^T through the frame kernels: (T, out) float32."""
+    def product(self, x: np.ndarray, w: PackedWeight, out: np.ndarray | None = None) -> np.ndarray:
+        """x (T, in) @ W^T through the frame kernels: (T, out) float32 (into `out` when given: a
+        contiguous float32 array of that shape)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        y = np.empty((x.shape[0], w.out), np.float32)
+        y = np.empty((x.shape[0], w.out), np.float32) if out is None else out
+        if y.dtype != np.float32 or y.shape != (x.shape[0], w.out) or not y.flags.c_contiguous:
+            raise ValueError(f"product: out must be a contiguous float32 {(x.shape[0], w.out)} array")
         cw = self._weight(w)
         self.lib.csm_product(self.ref, ctypes.byref(cw), _ptr(x), x.shape[0], _ptr(y))
         return y

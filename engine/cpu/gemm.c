@@ -27,6 +27,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_INDEX() omp_get_thread_num()
+#else
+#define THREAD_INDEX() 0
+#endif
 
 #if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
                             (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
@@ -61,6 +67,30 @@ static void *aligned(size_t bytes) {
     if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
     return p;
 }
+
+/* A product's buffers: X laid out for the kernel (shared by the threads) and each thread's strip,
+ * float copies and partial sums, carved from one block. The block is the caller's `scratch` when it
+ * is given and large enough (engine/cpu/prefill.py keeps one, its pages touched at load, so that no
+ * product pays for fresh pages), else allocated here for this call. */
+static size_t up64(size_t n) { return (n + 63) / 64 * 64; }
+
+typedef struct {
+    char *base, *own; /* own: allocated for this call (freed by scratch_done) */
+    size_t shared, per_thread;
+} Scratch;
+
+static int scratch_take(Scratch *s, void *given, long given_bytes, int threads) {
+    size_t need = s->shared + (size_t)threads * s->per_thread;
+    s->own = NULL;
+    if (given && given_bytes >= 0 && (size_t)given_bytes >= need && ((uintptr_t)given & 63) == 0) {
+        s->base = (char *)given;
+        return 0;
+    }
+    s->base = s->own = (char *)aligned(need);
+    return s->base ? 0 : -2;
+}
+static char *scratch_mine(const Scratch *s) { return s->base + s->shared + (size_t)THREAD_INDEX() * s->per_thread; }
+static void scratch_done(Scratch *s) { free(s->own); }
 
 /* ---------------------------------------------------------------- what this CPU can run */
 
@@ -617,27 +647,33 @@ VNNI_TARGET static void rows_vnni(const CodeView *cv, long r0, int rows, const i
     else rows_vnni_body(cv, r0, rows, xq, dx, cs, tp, group, g0, g1, acc_buf);
 }
 
-static int gemm_vnni(const float *X, long T, const Weights *w, float *Y, int threads) {
+static void plan_vnni(long T, long in, int group, int bits, Scratch *s) {
+    long tp = (T + 15) / 16 * 16, ng = in / group;
+    s->shared = up64((size_t)tp * in) + 2 * up64((size_t)tp * ng * 4);
+    s->per_thread = (bits == 4 ? up64((size_t)STRIP * in) : 0) + up64((size_t)STRIP * tp * 4);
+}
+
+static int gemm_vnni(const float *X, long T, const Weights *w, float *Y, int threads, void *scratch, long scratch_bytes) {
     long in = w->in, ng = in / w->group, tp = (T + 15) / 16 * 16, nstrips = (w->out + STRIP - 1) / STRIP;
     int q4 = w->bits == 4;
-    int32_t *xq = (int32_t *)aligned((size_t)tp * in);
-    float *dx = (float *)aligned((size_t)tp * ng * 4), *cs = (float *)aligned((size_t)tp * ng * 4);
-    if (!xq || !dx || !cs) { free(xq); free(dx); free(cs); return -2; }
+    if (threads < 1) threads = 1;
+    if (threads > nstrips) threads = (int)nstrips;
+    Scratch sc;
+    plan_vnni(T, in, w->group, w->bits, &sc);
+    if (scratch_take(&sc, scratch, scratch_bytes, threads)) return -2;
+    int32_t *xq = (int32_t *)sc.base;
+    float *dx = (float *)(sc.base + up64((size_t)tp * in)), *cs = dx + up64((size_t)tp * ng * 4) / 4;
     if (T < tp) { memset(xq, 0, (size_t)tp * in); memset(dx, 0, (size_t)tp * ng * 4); memset(cs, 0, (size_t)tp * ng * 4); }
     quantize_x(X, T, in, w->group, q4, tp, xq, dx, cs);
     long gc = KC_BYTES / (tp * w->group); /* groups whose share of xq fits the budget, at least 1 */
     if (gc < 1) gc = 1;
-    if (threads < 1) threads = 1;
-    if (threads > nstrips) threads = (int)nstrips;
-    int failed = 0;
-    #pragma omp parallel num_threads(threads) reduction(|: failed)
+    #pragma omp parallel num_threads(threads)
     {
-        uint8_t *bytes = q4 ? (uint8_t *)aligned((size_t)STRIP * in) : NULL;
-        float *acc = (float *)aligned((size_t)STRIP * tp * 4);
-        if (!acc || (q4 && !bytes)) failed = 1;
+        char *mine = scratch_mine(&sc);
+        uint8_t *bytes = q4 ? (uint8_t *)mine : NULL;
+        float *acc = (float *)(mine + (q4 ? up64((size_t)STRIP * in) : 0));
         #pragma omp for schedule(dynamic, 1)
         for (long s = 0; s < nstrips; s++) {
-            if (failed) continue;
             long n0 = s * STRIP, live = w->out - n0 < STRIP ? w->out - n0 : STRIP;
             CodeView cv = {w->q + n0 * in, in, w->scales + n0 * ng, w->biases + n0 * ng, ng};
             if (q4) {
@@ -652,26 +688,33 @@ static int gemm_vnni(const float *X, long T, const Weights *w, float *Y, int thr
             for (long t = 0; t < T; t++)
                 for (long r = 0; r < live; r++) Y[t * w->out + n0 + r] = acc[r * tp + t];
         }
-        free(bytes);
-        free(acc);
     }
-    free(xq); free(dx); free(cs);
-    return failed ? -2 : 0;
+    scratch_done(&sc);
+    return 0;
 }
 #endif
 
 /* ---------------------------------------------------------------- the product */
 
-static int gemm(int variant, const float *X, long T, const Weights *w, float *Y, int threads) {
+static void plan_bf16(int variant, long T, long in, Scratch *s) {
+    long kp = (in + KB - 1) / KB * KB, tp = (T + 15) / 16 * 16;
+    s->shared = up64(variant == V_PORTABLE ? (size_t)T * kp * 4 : (size_t)tp * kp * 2);
+    s->per_thread = up64((size_t)STRIP * kp * 2) + (variant == V_PORTABLE ? up64((size_t)STRIP * kp * 4) : 0)
+                  + (variant == V_AVX512 ? up64((size_t)STRIP * tp * 4) : 0);
+}
+
+static int gemm(int variant, const float *X, long T, const Weights *w, float *Y, int threads, void *scratch, long scratch_bytes) {
     if (T <= 0 || w->out <= 0) return 0;
     if (!csm_gemm_supported(variant)) return -1;
     long kp = (w->in + KB - 1) / KB * KB, nstrips = (w->out + STRIP - 1) / STRIP, tp = (T + 15) / 16 * 16;
     Weights wk = *w;
     wk.kp = kp;
-    size_t xbytes = variant == V_AMX ? (size_t)((T + 15) / 16) * 16 * kp * 2
-                  : variant == V_AVX512 ? (size_t)tp * kp * 2 : (size_t)T * kp * 4;
-    void *xpacked = aligned(xbytes);
-    if (!xpacked) return -2;
+    if (threads < 1) threads = 1;
+    if (threads > nstrips) threads = (int)nstrips;
+    Scratch sc;
+    plan_bf16(variant, T, w->in, &sc);
+    if (scratch_take(&sc, scratch, scratch_bytes, threads)) return -2;
+    void *xpacked = sc.base;
     if (variant == V_AMX) pack_x_tiles(X, T, w->in, kp, (uint16_t *)xpacked);
 #ifdef CSM_X86
     else if (variant == V_AVX512) pack_x_pairs(X, T, w->in, kp, tp, (uint32_t *)xpacked);
@@ -681,23 +724,19 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
         for (long t = 0; t < T; t++)
             for (long k = 0; k < kp; k++) xf[t * kp + k] = k < w->in ? bf16_to_f32(f32_to_bf16(X[t * w->in + k])) : 0.0f;
     }
-    if (threads < 1) threads = 1;
-    if (threads > nstrips) threads = (int)nstrips;
-    int failed = 0;
-    #pragma omp parallel num_threads(threads) reduction(|: failed)
+    #pragma omp parallel num_threads(threads)
     {
-        uint16_t *strip = (uint16_t *)aligned((size_t)STRIP * kp * 2);
-        float *fs = variant == V_PORTABLE ? (float *)aligned((size_t)STRIP * kp * 4) : NULL;
-        float *accs = variant == V_AVX512 ? (float *)aligned((size_t)STRIP * tp * 4) : NULL;
-        if (!strip || (variant == V_PORTABLE && !fs) || (variant == V_AVX512 && !accs)) failed = 1;
+        char *mine = scratch_mine(&sc);
+        uint16_t *strip = (uint16_t *)mine;
+        float *fs = variant == V_PORTABLE ? (float *)(mine + up64((size_t)STRIP * kp * 2)) : NULL;
+        float *accs = variant == V_AVX512 ? (float *)(mine + up64((size_t)STRIP * kp * 2)) : NULL;
 #ifdef CSM_X86
-        if (!failed && variant == V_AMX) amx_configure();
+        if (variant == V_AMX) amx_configure();
 #endif
         /* threads claim GROUP strips at a time, so each knows its next strip and can prefetch it */
         #pragma omp for schedule(dynamic, 1)
         for (long g = 0; g < (nstrips + GROUP - 1) / GROUP; g++)
         for (long s = g * GROUP; s < nstrips && s < (g + 1) * GROUP; s++) {
-            if (failed) continue;
             long n0 = s * STRIP;
 #ifdef CSM_X86
             if (variant != V_PORTABLE) {
@@ -734,47 +773,73 @@ static int gemm(int variant, const float *X, long T, const Weights *w, float *Y,
             strip_portable(fs, (const float *)xpacked, T, kp, Y, w->out, n0);
         }
 #ifdef CSM_X86
-        if (!failed && variant == V_AMX) amx_release();
+        if (variant == V_AMX) amx_release();
 #endif
-        free(strip);
-        free(fs);
-        free(accs);
     }
-    free(xpacked);
-    return failed ? -2 : 0;
+    scratch_done(&sc);
+    return 0;
+}
+
+/* The variant a product of these weights runs (bits 16: bfloat16), or -1 when `variant` cannot run
+ * here, -3 for a layout the kernels do not take. */
+static int resolve(int variant, long in, int group, int bits) {
+    if (variant < 0 || variant > 3) return -1;
+    if (bits == 16) {
+        if (variant == V_VNNI) { /* no integer path for bfloat16 weights: its AVX512-BF16 products */
+            if (!csm_gemm_supported(V_VNNI)) return -1;
+            return V_AVX512;
+        }
+        return csm_gemm_supported(variant) ? variant : -1;
+    }
+    if ((bits != 8 && bits != 4) || group < KB || group % KB || in % group) return -3;
+    if (!csm_gemm_supported(variant)) return -1;
+    if (variant == V_VNNI && bits == 4 && in % 128) return V_AVX512; /* unpack_q4 takes 128 codes at a time */
+    return variant;
+}
+
+/* Bytes of scratch a product of T rows over `in` inputs needs on `threads` threads (bits 16 for
+ * bfloat16 weights; group and bits as csm_gemm_q_variant takes them), or a negative error as the
+ * products return it. */
+long csm_gemm_scratch_bytes(int variant, long T, long in, int group, int bits, int threads) {
+    int v = resolve(variant, in, group, bits);
+    if (v < 0) return v;
+    Scratch s;
+    if (v == V_VNNI) plan_vnni(T, in, group, bits, &s);
+    else plan_bf16(v, T, in, &s);
+    return (long)(s.shared + (size_t)(threads < 1 ? 1 : threads) * s.per_thread);
 }
 
 /* Entry points. Return 0, -1 when the variant cannot run here, -2 when out of memory,
- * -3 for a layout the kernels do not take. */
-int csm_gemm_bf16_variant(int variant, const float *X, long T, long in, const uint16_t *W, long out, float *Y, int threads) {
+ * -3 for a layout the kernels do not take. `scratch` (64-byte aligned, or NULL) serves as the
+ * product's buffers when it holds csm_gemm_scratch_bytes; else they are allocated per call. */
+int csm_gemm_bf16_variant(int variant, const float *X, long T, long in, const uint16_t *W, long out, float *Y,
+                          int threads, void *scratch, long scratch_bytes) {
     Weights w = {W, NULL, NULL, NULL, out, in, 0, 1, 16};
-    if (variant == V_VNNI) { /* no integer path for bfloat16 weights: its AVX512-BF16 products */
-        if (!csm_gemm_supported(V_VNNI)) return -1;
-        variant = V_AVX512;
-    }
-    return gemm(variant, X, T, &w, Y, threads);
+    int v = resolve(variant, in, 1, 16);
+    if (v < 0) return v;
+    return gemm(v, X, T, &w, Y, threads, scratch, scratch_bytes);
 }
 
 int csm_gemm_q_variant(int variant, const float *X, long T, long in, const uint8_t *Wq, const float *scales,
-                       const float *biases, long out, int group, int bits, float *Y, int threads) {
-    if ((bits != 8 && bits != 4) || group < KB || group % KB || in % group) return -3;
+                       const float *biases, long out, int group, int bits, float *Y, int threads,
+                       void *scratch, long scratch_bytes) {
+    int v = resolve(variant, in, group, bits);
+    if (v < 0) return v;
     Weights w = {NULL, Wq, scales, biases, out, in, 0, group, bits};
 #ifdef CSM_X86
-    if (variant == V_VNNI) {
-        if (!csm_gemm_supported(V_VNNI)) return -1;
+    if (v == V_VNNI) {
         if (T <= 0 || out <= 0) return 0;
-        if (bits == 4 && in % 128) return gemm(V_AVX512, X, T, &w, Y, threads); /* unpack_q4 takes 128 codes at a time */
-        return gemm_vnni(X, T, &w, Y, threads);
+        return gemm_vnni(X, T, &w, Y, threads, scratch, scratch_bytes);
     }
 #endif
-    return gemm(variant, X, T, &w, Y, threads);
+    return gemm(v, X, T, &w, Y, threads, scratch, scratch_bytes);
 }
 
 void csm_gemm_bf16(const float *X, long T, long in, const uint16_t *W, long out, float *Y, int threads) {
-    csm_gemm_bf16_variant(csm_gemm_best(), X, T, in, W, out, Y, threads);
+    csm_gemm_bf16_variant(csm_gemm_best(), X, T, in, W, out, Y, threads, NULL, 0);
 }
 
 void csm_gemm_q(const float *X, long T, long in, const uint8_t *Wq, const float *scales,
                 const float *biases, long out, int group, int bits, float *Y, int threads) {
-    csm_gemm_q_variant(csm_gemm_best_q(), X, T, in, Wq, scales, biases, out, group, bits, Y, threads);
+    csm_gemm_q_variant(csm_gemm_best_q(), X, T, in, Wq, scales, biases, out, group, bits, Y, threads, NULL, 0);
 }

@@ -81,12 +81,16 @@ def _best_index(lib: ctypes.CDLL, fmt: str) -> int:
     return lib.csm_gemm_best() if fmt == "bf16" else lib.csm_gemm_best_q()
 
 
-def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None = None) -> np.ndarray:
+def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None = None, *,
+         out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
     """x (T, in) float32 @ W^T -> (T, out) float32, for a PackedWeight `w` (fmt "bf16", "q8" or "q4").
 
     `variant`: one of VARIANTS (default: best_variant()); `threads`: OpenMP threads, which split the
     output rows of W between them (default: engine.cpu.blas.default_threads(), read once). A caller
-    that chose its thread count at load passes it here."""
+    that chose its thread count at load passes it here. `out`: a contiguous float32 (T, out) array
+    to write into; `scratch`: a 64-byte aligned uint8 buffer of at least scratch_bytes() for the
+    kernel's buffers, which it otherwise allocates per call (fresh pages cost time: see
+    engine/cpu/prefill.py's Workspace)."""
     lib = library()
     if threads is None:
         threads = _default_threads()
@@ -95,13 +99,18 @@ def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None 
     if x.ndim != 2 or x.shape[1] != w.in_:
         raise ValueError(f"gemm: x must be (T, {w.in_}), got {x.shape}")
     T = x.shape[0]
-    y = np.empty((T, w.out), np.float32)
+    if out is None:
+        y = np.empty((T, w.out), np.float32)
+    else:
+        _check(out, np.float32, (T, w.out))
+        y = out
+    sp, sn = (0, 0) if scratch is None else (_ptr(scratch), int(scratch.nbytes))
     data = w.data
     if not data.flags.c_contiguous:
         raise ValueError("gemm: packed weights must be C-contiguous")
     if w.fmt == "bf16":
         _check(data, np.uint16, (w.out, w.in_))
-        rc = lib.csm_gemm_bf16_variant(v, _ptr(x), T, w.in_, _ptr(data), w.out, _ptr(y), int(threads))
+        rc = lib.csm_gemm_bf16_variant(v, _ptr(x), T, w.in_, _ptr(data), w.out, _ptr(y), int(threads), sp, sn)
     elif w.fmt in ("q8", "q4"):
         bits = 8 if w.fmt == "q8" else 4
         _check(data, np.uint8, (w.out, w.in_ * bits // 8))
@@ -111,7 +120,7 @@ def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None 
         _check(scales, np.float32, groups)
         _check(biases, np.float32, groups)
         rc = lib.csm_gemm_q_variant(v, _ptr(x), T, w.in_, _ptr(data), _ptr(scales), _ptr(biases), w.out,
-                                    int(w.group), bits, _ptr(y), int(threads))
+                                    int(w.group), bits, _ptr(y), int(threads), sp, sn)
     else:
         raise ValueError(f"gemm: unknown weight format {w.fmt!r} (expected 'bf16', 'q8' or 'q4')")
     if rc == -1:
@@ -121,6 +130,18 @@ def gemm(x: np.ndarray, w: Any, variant: str | None = None, threads: int | None 
     if rc == -3:
         raise ValueError(f"gemm: group {w.group} / in {w.in_} not supported (group a multiple of 32 dividing in)")
     return y
+
+
+def scratch_bytes(rows: int, w: Any, variant: str | None = None, threads: int | None = None) -> int:
+    """Bytes of scratch gemm() needs for `rows` rows of x over PackedWeight `w` (see gemm())."""
+    lib = library()
+    v = _best_index(lib, w.fmt) if variant is None else _index(variant)
+    bits = {"bf16": 16, "q8": 8, "q4": 4}.get(w.fmt)
+    if bits is None:
+        raise ValueError(f"gemm: unknown weight format {w.fmt!r} (expected 'bf16', 'q8' or 'q4')")
+    n = lib.csm_gemm_scratch_bytes(v, int(rows), int(w.in_), int(getattr(w, "group", 0) or 1), bits,
+                                   int(threads or _default_threads()))
+    return max(int(n), 0)
 
 
 def _default_threads() -> int:
@@ -152,8 +173,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.csm_gemm_supported.argtypes, lib.csm_gemm_supported.restype = [i], i
     lib.csm_gemm_best.argtypes, lib.csm_gemm_best.restype = [], i
     lib.csm_gemm_best_q.argtypes, lib.csm_gemm_best_q.restype = [], i
-    lib.csm_gemm_bf16_variant.argtypes = [i, p, n, n, p, n, p, i]
+    lib.csm_gemm_scratch_bytes.argtypes, lib.csm_gemm_scratch_bytes.restype = [i, n, n, i, i, i], n
+    lib.csm_gemm_bf16_variant.argtypes = [i, p, n, n, p, n, p, i, p, n]
     lib.csm_gemm_bf16_variant.restype = i
-    lib.csm_gemm_q_variant.argtypes = [i, p, n, n, p, p, p, n, i, i, p, i]
+    lib.csm_gemm_q_variant.argtypes = [i, p, n, n, p, p, p, n, i, i, p, i, p, n]
     lib.csm_gemm_q_variant.restype = i
     return lib
