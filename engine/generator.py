@@ -306,6 +306,8 @@ class Request:
         self.done = True
         if self.stream.owner == self.id:
             self.stream.owner = None
+            if self.private:  # its cache serves the next private stream
+                self.gen.streams.recycle(self.stream)
 
 
 class Generator:

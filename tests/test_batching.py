@@ -147,3 +147,18 @@ def test_concurrent_requests_of_one_context_prefill_only_what_differs(tiny_model
     for final, want in zip(finals, expected):
         assert np.array_equal(final.frames, want)
         assert final.cached_tokens == canonical  # the private streams too
+
+    # a second round: the ended private streams' caches serve the new private streams (no fresh
+    # memory), counted in the store's bytes, and the codes are those alone again
+    store = batched.generator.streams
+    spares = len(store._spares)
+    assert spares == len(requests) - 1
+    before = store.nbytes
+    with batching(batched, 8):
+        finals = drain_round_robin([batched.generate(**{**COMMON, **r}) for r in requests])
+    for final, want in zip(finals, expected):
+        assert np.array_equal(final.frames, want)
+    assert len(store._spares) == spares and store.nbytes == before
+    store.budget_bytes = before - sum(int(c.nbytes) for c in store._spares)  # spares go first
+    store.evict()
+    assert not store._spares and len(store) >= 1 and store.nbytes == store.budget_bytes

@@ -135,6 +135,14 @@ def test_frame_products_give_each_row_the_same_bits_in_any_batch(f32, bits):
         assert np.array_equal(native.product(x[:B], w), one[:B]), B
     if bits:
         assert np.array_equal(one, portable.product(x, w))
+    else:  # bf16 rows whose length is not a multiple of 32 (a scalar tail after the batched sums)
+        odd = nn.Linear(272, 40, bias=False)
+        odd.set_dtype(mx.bfloat16)
+        w = pack_linear(odd)
+        x = np.random.default_rng(1).standard_normal((6, 272)).astype(np.float32)
+        one = np.concatenate([native.product(x[b:b + 1], w) for b in range(6)])
+        for B in (2, 3, 4, 5, 6):
+            assert np.array_equal(native.product(x[:B], w), one[:B]), B
 
 
 @needs_native
