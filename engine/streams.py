@@ -65,11 +65,13 @@ class RowLog:
 class Stream:
     """One conversation's backbone cache and the rows it holds."""
 
-    def __init__(self, key: Hashable, backend, max_positions: int):
+    def __init__(self, key: Hashable, backend, max_positions: int, cache=None):
         self.key = key
         self._backend = backend
         self.max_positions = max_positions
-        self._cache = None  # made on first use
+        self._cache = cache  # made on first use when not given (a given one is emptied)
+        if cache is not None:
+            cache.reset()
         self.rows = RowLog(max_positions)
         self.canonical = 0  # rows [0, canonical) were computed in canonical blocks
         self.owner = None  # the request using this stream, if any
@@ -99,6 +101,11 @@ class Stream:
         self.rows.count = 0
         self.rows.extend(other.rows.tokens[:n], other.rows.mask[:n])
         self.canonical = n
+
+    def detach_cache(self):
+        """Hand over the backend cache (None if never made); the stream no longer holds it."""
+        cache, self._cache = self._cache, None
+        return cache
 
     def reset(self) -> None:
         """Forget the cached rows (the buffers stay allocated)."""
@@ -146,15 +153,11 @@ class StreamStore:
     def private(self, key) -> Stream:
         """A stream outside the store, for a request whose key is busy (recycle() it when it ends);
         its cache is a spare one when there is one."""
-        stream = Stream(key, self.backend, self.max_positions)
-        if self._spares:
-            stream._cache = self._spares.pop()
-            stream._cache.reset()
-        return stream
+        return Stream(key, self.backend, self.max_positions, cache=self._spares.pop() if self._spares else None)
 
     def recycle(self, stream: Stream) -> None:
         """A private stream has ended: keep its cache as a spare (evict() drops spares first)."""
-        cache, stream._cache = stream._cache, None
+        cache = stream.detach_cache()
         if cache is not None:
             self._spares.append(cache)
             self.evict()

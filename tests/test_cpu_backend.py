@@ -122,6 +122,12 @@ def test_frame_products_give_each_row_the_same_bits_in_any_batch(f32, bits):
 
     from engine.cpu.pack import pack_linear
 
+    def one_stream_bits(w, x):  # the one-stream products, after checking every batch size gives them
+        one = np.concatenate([native.product(x[b:b + 1], w) for b in range(len(x))])
+        for B in range(2, len(x) + 1):
+            assert np.array_equal(native.product(x[:B], w), one[:B]), B
+        return one
+
     mx.random.seed(3)
     layer = nn.Linear(256, 300, bias=False)
     layer.set_dtype(mx.bfloat16)
@@ -130,19 +136,13 @@ def test_frame_products_give_each_row_the_same_bits_in_any_batch(f32, bits):
     w = pack_linear(layer)
     native, portable = cpu(f32).native, cpu(f32, portable=True).native
     x = np.random.default_rng(0).standard_normal((6, 256)).astype(np.float32)
-    one = np.concatenate([native.product(x[b:b + 1], w) for b in range(6)])
-    for B in (2, 3, 4, 5, 6):
-        assert np.array_equal(native.product(x[:B], w), one[:B]), B
+    one = one_stream_bits(w, x)
     if bits:
         assert np.array_equal(one, portable.product(x, w))
     else:  # bf16 rows whose length is not a multiple of 32 (a scalar tail after the batched sums)
         odd = nn.Linear(272, 40, bias=False)
         odd.set_dtype(mx.bfloat16)
-        w = pack_linear(odd)
-        x = np.random.default_rng(1).standard_normal((6, 272)).astype(np.float32)
-        one = np.concatenate([native.product(x[b:b + 1], w) for b in range(6)])
-        for B in (2, 3, 4, 5, 6):
-            assert np.array_equal(native.product(x[:B], w), one[:B]), B
+        one_stream_bits(pack_linear(odd), np.random.default_rng(1).standard_normal((6, 272)).astype(np.float32))
 
 
 @needs_native

@@ -703,9 +703,9 @@ static void plan_bf16(int variant, long T, long in, Scratch *s) {
                   + (variant == V_AVX512 ? up64((size_t)STRIP * tp * 4) : 0);
 }
 
+/* `variant`: as resolve() returned it (one that runs here) */
 static int gemm(int variant, const float *X, long T, const Weights *w, float *Y, int threads, void *scratch, long scratch_bytes) {
     if (T <= 0 || w->out <= 0) return 0;
-    if (!csm_gemm_supported(variant)) return -1;
     long kp = (w->in + KB - 1) / KB * KB, nstrips = (w->out + STRIP - 1) / STRIP, tp = (T + 15) / 16 * 16;
     Weights wk = *w;
     wk.kp = kp;
