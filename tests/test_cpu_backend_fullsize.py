@@ -14,6 +14,7 @@ from engine.backends import native_unavailable_reason
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(3600),  # minutes at full size, above the suite's per-test limit
     pytest.mark.skipif(os.environ.get("CSM_SLOW_TESTS") != "1", reason="full size: set CSM_SLOW_TESTS=1"),
     pytest.mark.skipif(native_unavailable_reason() is not None, reason=f"{native_unavailable_reason()}"),
 ]

@@ -5,10 +5,11 @@ sessions; --max-audio-ms caps one request."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from test_server import RunningServer
+from test_server import TIMEOUT, RunningServer
 
 TEXTS = ["Hello from the first client.", "A second client speaks.", "Third one here.",
          "And the fourth client, last."]
@@ -37,8 +38,8 @@ def test_four_clients_at_once_get_the_bytes_of_one_by_one(server):
     def ask(i):
         replies[i] = speech(server, i)
 
-    def watch():
-        while any(r is None for r in replies):
+    def watch():  # until the clients are done, however they end
+        while any(t.is_alive() for t in threads):
             seen.append(server.http.get("/health").json()["active_streams"])
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
@@ -81,17 +82,28 @@ def test_requests_queued_together_share_the_first_tick(server):
         sizes.append(len([r for r in requests if r.prefilled and not r.done]))
         return tick(requests)
 
-    release = threading.Event()
-    busy = threading.Thread(target=server.worker.call, args=(release.wait,))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():  # runs on the worker thread and keeps it until released
+        entered.set()
+        release.wait(TIMEOUT)
+
+    busy = threading.Thread(target=server.worker.call, args=(hold,))
     busy.start()
     generator.tick = counted
     try:
+        # The requests go out only once the worker holds the busy call: sent earlier, the worker
+        # could take them together with it (it starts up to max_batch queued jobs at once), and
+        # they would never be counted as queued.
+        assert entered.wait(TIMEOUT), "the worker did not take the busy call"
         replies = [None] * 3
         threads = [threading.Thread(target=lambda i=i: replies.__setitem__(i, speech(server, i))) for i in range(3)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + TIMEOUT
         while server.worker.queued() < 3:  # the three requests, behind the busy call
-            threading.Event().wait(0.01)
+            assert time.monotonic() < deadline, f"queued {server.worker.queued()}, replies {replies}"
+            time.sleep(0.01)
         release.set()
         for t in threads:
             t.join(300)
