@@ -204,8 +204,10 @@ class Store:
         if self.readonly:
             return self.session(name)
         with self.transaction():
-            if self._session_id(name, required=False) is None:
-                self._create_session(name, utc_now(), _dumps(meta))
+            # One statement, so that two processes opening a new session at once both get it (a
+            # look-then-insert lets both look, and PostgreSQL then refuses the second insert).
+            self._execute("INSERT INTO sessions (name, created_at, meta) VALUES (?, ?, ?) "
+                          "ON CONFLICT (name) DO NOTHING", [name, utc_now(), _dumps(meta)])
         return self.session(name)
 
     @_guarded("session")
